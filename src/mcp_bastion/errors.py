@@ -1,0 +1,235 @@
+"""The one exception tree of mcp-bastion.
+
+Every failure the gateway can report is one of these classes. Each class carries stable data as class
+attributes: ``reason`` (a snake_case code used in audit records and asserted by tests), ``http_status``,
+``jsonrpc_code`` and ``public_message`` (the only text a client ever sees). The instance ``detail`` is
+for the audit log and the operator's log only; it is never rendered to a client.
+
+::
+
+    BastionError
+    ├── ConfigError            startup only; names the setting and the bad value
+    ├── Rejected               the gate refused; rendered to the client; always audited
+    │   ├── TransportRejected  not https / bad Host / bad Origin / client cert refused / bad content type
+    │   ├── Unauthenticated    401 + WWW-Authenticate (RFC 6750, RFC 9728 resource_metadata)
+    │   ├── Forbidden          policy or allow-list denial
+    │   ├── SessionRejected    unknown, expired or foreign Mcp-Session-Id
+    │   ├── MalformedRequest   JSON-RPC -32700 / -32600
+    │   ├── InvalidArguments   JSON-RPC -32602
+    │   ├── MethodNotAllowed   HTTP method not served on this path
+    │   ├── NotFound           no such MCP endpoint
+    │   ├── PayloadTooLarge
+    │   └── RateLimited
+    ├── UpstreamError          502/504, mapped at the boundary from client/subprocess errors
+    │   └── UpstreamTimeout
+    ├── Unavailable            a store the gate needs cannot be read: 503, fail closed
+    └── InternalError          a bug; opaque to the client, precise in the audit record
+
+Translate foreign exceptions at the boundary into the most specific class here (``raise X(...) from exc``).
+Rendering happens in one place (``mcp_bastion.asgi.render``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+# JSON-RPC 2.0 §5.1 codes, and the implementation-defined range we use for gateway refusals.
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+GATEWAY_REFUSED: Final = -32001
+"""Server-defined code (-32000..-32099) for 'the gateway refused this message'."""
+UPSTREAM_FAILED: Final = -32002
+SERVICE_UNAVAILABLE: Final = -32003
+
+
+class BastionError(Exception):
+    """Base of every error raised by mcp-bastion."""
+
+    reason: ClassVar[str] = "error"
+    http_status: ClassVar[int] = 500
+    jsonrpc_code: ClassVar[int] = INTERNAL_ERROR
+    public_message: ClassVar[str] = "internal error"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or self.public_message)
+        self.detail = detail
+        if reason is not None:
+            # A more specific stable code for the same class (e.g. "token_expired" for Unauthenticated).
+            self.reason = reason  # type: ignore[misc]
+
+
+class ConfigError(BastionError):
+    """A setting is wrong; raised at startup only, with the setting's path and the bad value."""
+
+    reason = "config_error"
+
+
+class Rejected(BastionError):
+    """The gate refused the message. Rendered to the client and always audited."""
+
+    reason = "rejected"
+    http_status = 400
+    jsonrpc_code = GATEWAY_REFUSED
+    public_message = "request refused"
+
+
+class TransportRejected(Rejected):
+    """The HTTP request itself is not acceptable: scheme, Host, Origin, content type, client certificate."""
+
+    reason = "transport_rejected"
+    http_status = 403
+    public_message = "request refused at the transport layer"
+
+
+class Unauthenticated(Rejected):
+    """No valid credential. Rendered as 401 with ``WWW-Authenticate`` (RFC 6750 §3, RFC 9728 §5.1)."""
+
+    reason = "unauthenticated"
+    http_status = 401
+    public_message = "authentication required"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, error: str = "invalid_token") -> None:
+        super().__init__(detail, reason=reason)
+        self.error = error
+        """RFC 6750 §3.1 error code for the WWW-Authenticate header ('' when no credential was sent)."""
+
+
+class Forbidden(Rejected):
+    """The caller is known but may not do this."""
+
+    reason = "forbidden"
+    http_status = 403
+    public_message = "not permitted"
+
+
+class SessionRejected(Rejected):
+    """Unknown, terminated or foreign ``Mcp-Session-Id`` (the spec asks for 404 on unknown sessions)."""
+
+    reason = "session_unknown"
+    http_status = 404
+    public_message = "session not found"
+
+
+class MalformedRequest(Rejected):
+    """The body is not valid JSON or not a valid JSON-RPC 2.0 message."""
+
+    reason = "invalid_request"
+    http_status = 400
+    jsonrpc_code = INVALID_REQUEST
+    public_message = "invalid JSON-RPC request"
+
+
+class ParseFailed(MalformedRequest):
+    """The body is not valid JSON (JSON-RPC -32700)."""
+
+    reason = "parse_error"
+    jsonrpc_code = PARSE_ERROR
+    public_message = "parse error"
+
+
+class MethodDenied(Rejected):
+    """The JSON-RPC method is not on the allow-list (unknown methods are denied by default)."""
+
+    reason = "method_not_allowed"
+    http_status = 200
+    jsonrpc_code = METHOD_NOT_FOUND
+    public_message = "method not found"
+
+
+class InvalidArguments(Rejected):
+    """Parameters fail validation (JSON-RPC -32602)."""
+
+    reason = "invalid_params"
+    http_status = 200
+    jsonrpc_code = INVALID_PARAMS
+    public_message = "invalid params"
+
+
+class MethodNotAllowed(Rejected):
+    """HTTP method not served on this path."""
+
+    reason = "http_method_not_allowed"
+    http_status = 405
+    public_message = "method not allowed"
+
+
+class NotFound(Rejected):
+    """No MCP endpoint or page at this path."""
+
+    reason = "not_found"
+    http_status = 404
+    public_message = "not found"
+
+
+class NotAcceptable(Rejected):
+    """The client's Accept header rules out every representation we could send."""
+
+    reason = "not_acceptable"
+    http_status = 406
+    public_message = "not acceptable"
+
+
+class UnsupportedMediaType(Rejected):
+    """POST bodies must be ``application/json``."""
+
+    reason = "unsupported_media_type"
+    http_status = 415
+    public_message = "content type must be application/json"
+
+
+class PayloadTooLarge(Rejected):
+    """Body, header block, JSON nesting or argument size over its limit."""
+
+    reason = "payload_too_large"
+    http_status = 413
+    public_message = "payload too large"
+
+
+class RateLimited(Rejected):
+    """Too many requests; ``retry_after`` seconds go into the Retry-After header."""
+
+    reason = "rate_limited"
+    http_status = 429
+    public_message = "rate limited"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(detail, reason=reason)
+        self.retry_after = retry_after
+
+
+class UpstreamError(BastionError):
+    """The upstream MCP server failed, closed, or answered something unusable."""
+
+    reason = "upstream_error"
+    http_status = 502
+    jsonrpc_code = UPSTREAM_FAILED
+    public_message = "upstream server error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within its budget."""
+
+    reason = "upstream_timeout"
+    http_status = 504
+    public_message = "upstream server timed out"
+
+
+class Unavailable(BastionError):
+    """A store the gate depends on cannot be read; the gate fails closed with 503."""
+
+    reason = "unavailable"
+    http_status = 503
+    jsonrpc_code = SERVICE_UNAVAILABLE
+    public_message = "service temporarily unavailable"
+
+
+class InternalError(BastionError):
+    """A bug or an unexpected exception inside the gate. Opaque to the client, precise in the audit log."""
+
+    reason = "internal_error"
+    http_status = 500
+    jsonrpc_code = INTERNAL_ERROR
+    public_message = "internal error"
