@@ -200,6 +200,14 @@ class RateLimited(Rejected):
         self.retry_after = retry_after
 
 
+class ClientDisconnected(Rejected):
+    """The client went away (closed the connection or cancelled) before the exchange finished."""
+
+    reason = "client_disconnected"
+    http_status = 499
+    public_message = "client disconnected"
+
+
 class UpstreamError(BastionError):
     """The upstream MCP server failed, closed, or answered something unusable."""
 

@@ -1,0 +1,237 @@
+"""Composition: build every component from ``Settings`` and wire the adapters to the gate.
+
+Nothing else imports settings wholesale: each component is handed only its own values here. Everything
+compiled once lives here too (host allow-lists, method allow-lists, TLS contexts, trusted issuers), so the
+hot path only looks things up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcp_bastion.asgi.app import BastionApp, json_document
+from mcp_bastion.asgi.mcp import MCPEndpoint
+from mcp_bastion.audit.sink import AuditSink, FileSink, StreamSink
+from mcp_bastion.errors import ConfigError
+from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
+from mcp_bastion.oauth.access_token import AccessTokenVerifier, TrustedIssuer
+from mcp_bastion.oauth.jwks import KeySet, KeySource, RemoteKeySet
+from mcp_bastion.oauth.localissuer import LocalIssuer
+from mcp_bastion.oauth.metadata import metadata_url_for, protected_resource_metadata
+from mcp_bastion.pipeline import ADMISSION_STAGES, REQUEST_STAGES, RESPONSE_STAGES
+from mcp_bastion.pipeline.authenticate import Authenticate
+from mcp_bastion.pipeline.authorize import Authorize
+from mcp_bastion.pipeline.forward import Forward
+from mcp_bastion.pipeline.parse import Parse
+from mcp_bastion.pipeline.reply import CheckReply
+from mcp_bastion.pipeline.session import Sessions
+from mcp_bastion.pipeline.stage import Gate, ResponseStage, Stage
+from mcp_bastion.pipeline.transport import Transport, hosts_for, origin_of
+from mcp_bastion.sessions import SessionStore
+from mcp_bastion.settings import Settings, UpstreamSettings
+from mcp_bastion.tls.context import upstream_context
+from mcp_bastion.tls.peercert import peer_identity
+from mcp_bastion.upstream.base import Upstream
+from mcp_bastion.upstream.http import HTTPUpstream
+
+log = logging.getLogger("mcp_bastion")
+
+LOCAL_ISSUER_KEY = "issuer-es256.jwk"
+JWKS_PATH = "/.well-known/jwks.json"
+REAP_INTERVAL_SECONDS = 30.0
+
+
+@dataclass
+class Gateway:
+    """Everything one running gateway owns; ``app`` is what the ASGI server serves."""
+
+    settings: Settings
+    endpoint: MCPEndpoint
+    documents: dict[str, bytes]
+    gate: Gate
+    sessions: SessionStore
+    upstreams: dict[str, Upstream]
+    audit: AuditSink
+    local_issuer: LocalIssuer | None
+    resources: dict[str, str]
+    """Endpoint name -> its resource URL (the audience its tokens must carry)."""
+    remote_keys: list[RemoteKeySet] = field(default_factory=list)
+    app: BastionApp = field(init=False)
+    _reaper: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.app = BastionApp(
+            mcp=self.endpoint,
+            documents=self.documents,
+            on_startup=self.startup,
+            on_shutdown=self.shutdown,
+            https=not self.settings.server.allow_insecure_http,
+        )
+
+    async def startup(self) -> None:
+        for message in self.settings.warnings():
+            log.warning("INSECURE: %s", message)
+        for keys in self.remote_keys:
+            await keys.refresh()
+        for upstream in self.upstreams.values():
+            await upstream.start()
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for session in self.sessions.drain():
+            await session.channel.aclose()
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+        for keys in self.remote_keys:
+            await keys.aclose()
+        self.audit.close()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_SECONDS)
+            for session in self.sessions.expired():
+                await session.channel.aclose()
+
+
+def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gateway:
+    """Build the whole gateway. Raises ``ConfigError`` for anything wrong in the settings."""
+    server = settings.server
+    state_dir = server.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base = server.base_url
+    resources = {name: f"{base}/mcp/{name}" for name in settings.upstreams}
+
+    local_issuer = (
+        LocalIssuer.load_or_create(state_dir / LOCAL_ISSUER_KEY, base) if settings.auth.local_issuer else None
+    )
+    trusted: list[TrustedIssuer] = []
+    remote: list[RemoteKeySet] = []
+    if local_issuer is not None:
+        trusted.append(TrustedIssuer(local_issuer.issuer, local_issuer.public_keys()))
+    for issuer in settings.auth.issuers:
+        keys: KeySource
+        if issuer.jwks_file is not None:
+            keys = KeySet.from_file(issuer.jwks_file)
+        else:
+            assert issuer.jwks_url is not None
+            keys = RemoteKeySet(issuer.jwks_url, None, allow_insecure_http=issuer.allow_insecure_http)
+            remote.append(keys)
+        trusted.append(TrustedIssuer(issuer.issuer, keys, algorithms=frozenset(issuer.algorithms)))
+    if not trusted and not server.dangerously_allow_unauthenticated and settings.tls.client_auth is None:
+        raise ConfigError("no way to authenticate: enable auth.local_issuer, add auth.issuers or tls.client_auth")
+    verifier = AccessTokenVerifier(trusted, leeway_seconds=settings.auth.token_leeway_seconds)
+
+    limits = settings.limits
+    upstreams = {name: build_upstream(name, up, settings) for name, up in settings.upstreams.items()}
+    sessions = SessionStore(
+        max_per_principal=limits.max_sessions_per_principal, idle_seconds=limits.session_idle_seconds
+    )
+    client_auth = settings.tls.client_auth
+
+    stages: dict[type, Stage | ResponseStage] = {
+        Transport: Transport(
+            allowed_hosts=hosts_for(base, server.host, server.port, server.allowed_hosts),
+            allowed_origins=frozenset({origin_of(base), *server.allowed_origins}),
+            require_https=not server.allow_insecure_http,
+            require_client_cert=client_auth is not None and client_auth.required,
+        ),
+        Authenticate: Authenticate(
+            verifier=verifier,
+            resources=resources,
+            mtls_identity=peer_identity if client_auth is not None else None,
+            allow_unauthenticated=server.dangerously_allow_unauthenticated,
+        ),
+        Parse: Parse(max_json_depth=limits.max_json_depth),
+        Sessions: Sessions(sessions),
+        Authorize: Authorize(allowed_methods={name: allowed_methods(up) for name, up in settings.upstreams.items()}),
+        Forward: Forward(sessions),
+        CheckReply: CheckReply(sessions),
+    }
+    audit_sink = audit if audit is not None else build_audit(settings, state_dir)
+    gate = Gate(
+        admission=[stages[cls] for cls in ADMISSION_STAGES],  # type: ignore[misc]
+        request=[stages[cls] for cls in REQUEST_STAGES],  # type: ignore[misc]
+        response=[stages[cls] for cls in RESPONSE_STAGES],  # type: ignore[misc]
+        audit=audit_sink,
+    )
+    metadata_urls = {name: metadata_url_for(url) for name, url in resources.items()}
+    documents = _documents(settings, resources, metadata_urls, local_issuer)
+    endpoint = MCPEndpoint(
+        gate=gate,
+        upstreams=upstreams,
+        sessions=sessions,
+        metadata_urls=metadata_urls,
+        max_body_bytes=limits.max_body_bytes,
+        body_timeout=limits.body_timeout,
+    )
+    return Gateway(
+        settings, endpoint, documents, gate, sessions, upstreams, audit_sink, local_issuer, resources, remote
+    )
+
+
+def allowed_methods(upstream: UpstreamSettings) -> frozenset[str]:
+    return (DEFAULT_CLIENT_METHODS | frozenset(upstream.allow_methods)) - frozenset(upstream.deny_methods)
+
+
+def build_upstream(name: str, settings: UpstreamSettings, root: Settings) -> Upstream:
+    limits = root.limits
+    if settings.url is not None:
+        context = None
+        if settings.url.startswith("https:"):
+            context = upstream_context(
+                ca_bundle=settings.ca_bundle, client_cert=settings.client_cert, client_key=settings.client_key
+            )
+        return HTTPUpstream(
+            name,
+            settings.url,
+            ssl_context=context,
+            connect_timeout=limits.upstream_connect_timeout,
+            request_timeout=limits.upstream_timeout,
+            max_message_bytes=limits.max_upstream_message_bytes,
+            max_json_depth=limits.max_json_depth,
+        )
+    assert settings.command is not None
+    from mcp_bastion.upstream.stdio import StdioUpstream  # TODO(lead): top-level import once stdio lands
+
+    return StdioUpstream(
+        name,
+        settings.command,
+        env=settings.env,
+        cwd=settings.cwd,
+        max_message_bytes=limits.max_upstream_message_bytes,
+        max_json_depth=limits.max_json_depth,
+        request_timeout=limits.upstream_timeout,
+    )
+
+
+def build_audit(settings: Settings, state_dir: Path) -> AuditSink:
+    path = settings.audit.path
+    if path is not None and str(path) == "-":
+        return StreamSink()
+    return FileSink(path if path is not None else state_dir / "audit.jsonl")
+
+
+def _documents(
+    settings: Settings, resources: Mapping[str, str], metadata_urls: Mapping[str, str], issuer: LocalIssuer | None
+) -> dict[str, bytes]:
+    servers = [i.issuer for i in settings.auth.issuers]
+    if issuer is not None:
+        servers.insert(0, issuer.issuer)
+    documents: dict[str, bytes] = {"/healthz": b'{"status":"ok"}'}
+    for name, resource in resources.items():
+        path = metadata_urls[name][len(settings.server.base_url) :]
+        documents[path] = json_document(
+            protected_resource_metadata(resource=resource, authorization_servers=servers, resource_name=name)
+        )
+    if issuer is not None:
+        documents[JWKS_PATH] = json_document(issuer.public_keys().as_jwks())
+    return documents

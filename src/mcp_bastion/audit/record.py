@@ -1,0 +1,61 @@
+"""The audit record: one JSON object per exchange, allowed or refused.
+
+Fields are stable (tools and tests read them): ``time`` (RFC 3339 UTC), ``request_id``, ``principal``,
+``issuer``, ``client``, ``auth`` (bearer/mtls/none), ``server``, ``method``, ``target`` (tool name, prompt name or
+resource URI), ``jsonrpc_id``, ``decision`` (allow/deny/error), ``reason`` (snake_case code from
+``mcp_bastion.errors``; ``ok`` when allowed), ``status`` (HTTP status sent), ``latency_ms``, ``remote``
+and ``detail`` (operator-facing detail of a refusal; never any secret, never sent to the client).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+from mcp_bastion.errors import Rejected
+from mcp_bastion.exchange import Exchange
+from mcp_bastion.jsonrpc.message import JSONObject, Message
+from mcp_bastion.jsonrpc.methods import NAME_PARAM
+
+Decision = Literal["allow", "deny", "error"]
+MAX_DETAIL = 512
+
+
+def build_record(exchange: Exchange, *, status: int | None, now: float | None = None) -> JSONObject:
+    """Summarise a finished exchange. Reads only fields that may be unset through ``Exchange.get``."""
+    rejection = exchange.rejection
+    decision: Decision = "allow" if rejection is None else ("deny" if isinstance(rejection, Rejected) else "error")
+    principal = exchange.get("principal")
+    message = exchange.get("message")
+    method: str | None = None
+    target: str | None = None
+    jsonrpc_id: str | int | None = None
+    if isinstance(message, Message):
+        method = message.method if message.kind != "response" else "(response)"
+        jsonrpc_id = message.id
+        key = NAME_PARAM.get(message.method or "")
+        value = message.params.get(key) if key else None
+        target = value if isinstance(value, str) else None
+    elif exchange.http.method != "POST":
+        method = f"(http {exchange.http.method})"
+    record: JSONObject = {
+        "time": datetime.fromtimestamp(time.time() if now is None else now, UTC).isoformat(timespec="milliseconds"),
+        "request_id": exchange.request_id,
+        "principal": getattr(principal, "subject", None),
+        "issuer": getattr(principal, "issuer", None),
+        "client": getattr(principal, "client_id", None),
+        "auth": getattr(principal, "method", None),
+        "server": exchange.endpoint,
+        "method": method,
+        "target": target,
+        "jsonrpc_id": jsonrpc_id,
+        "decision": decision,
+        "reason": "ok" if rejection is None else rejection.reason,
+        "status": status,
+        "latency_ms": round((time.monotonic() - exchange.started) * 1000, 3),
+        "remote": exchange.http.client_addr,
+    }
+    if rejection is not None and rejection.detail:
+        record["detail"] = rejection.detail[:MAX_DETAIL]
+    return record

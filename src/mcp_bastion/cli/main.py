@@ -1,0 +1,98 @@
+"""The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mcp_bastion.errors import ConfigError
+from mcp_bastion.settings import Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="mcp-bastion: a security gateway for MCP.")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (MCP_BASTION_* variables override it).")
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@app.command()
+def serve(config: ConfigOption = None, log_level: str = "info") -> None:
+    """Run the gateway."""
+    from mcp_bastion.cli.serve import serve as run
+
+    _logging(log_level)
+    try:
+        run(_settings(config))
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the settings and print the weakening options in force."""
+    settings = _settings(config)
+    for warning in settings.warnings():
+        typer.echo(f"WARNING: {warning}")
+    typer.echo(f"ok: {len(settings.upstreams)} upstream(s): {', '.join(settings.upstreams)}")
+
+
+@app.command()
+def token(
+    subject: Annotated[str, typer.Option("--sub", help="The user the token is for.")],
+    server: Annotated[str, typer.Option("--server", help="The upstream (endpoint) name the token is for.")],
+    config: ConfigOption = None,
+    scope: Annotated[str, typer.Option(help="Space-separated scopes.")] = "",
+    lifetime: Annotated[int, typer.Option(help="Seconds; at most 3600.", max=3600, min=1)] = 300,
+) -> None:
+    """Mint a short-lived access token from the built-in issuer (operators and tests)."""
+    from mcp_bastion.app import LOCAL_ISSUER_KEY
+    from mcp_bastion.oauth.localissuer import LocalIssuer
+
+    settings = _settings(config)
+    if server not in settings.upstreams:
+        typer.echo(f"unknown server {server!r}; configured: {', '.join(settings.upstreams)}", err=True)
+        raise typer.Exit(2)
+    if not settings.auth.local_issuer:
+        typer.echo("auth.local_issuer is off: tokens come from your identity provider", err=True)
+        raise typer.Exit(2)
+    settings.server.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    issuer = LocalIssuer.load_or_create(settings.server.state_dir / LOCAL_ISSUER_KEY, settings.server.base_url)
+    audience = f"{settings.server.base_url}/mcp/{server}"
+    typer.echo(issuer.mint(subject, audience, scope=scope.split(), lifetime=lifetime, client_id="cli"))
+
+
+@app.command()
+def demo(
+    state_dir: Annotated[Path, typer.Option(help="Where keys, certificates and the audit log go.")] = Path(
+        "state/demo"
+    ),
+    port: int = 8443,
+) -> None:
+    """Run the gateway on embedded defaults in front of the bundled 'customers' demo server."""
+    from mcp_bastion.cli.demo import run_demo
+
+    _logging("warning")
+    run_demo(state_dir, port)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,267 @@
+"""Settings: one TOML file plus ``MCP_BASTION_*`` environment overrides, parsed once into a frozen tree.
+
+Secure is the only default. Every option that weakens security says so in its name
+(``allow_insecure_http``, ``dangerously_allow_unauthenticated``) and is reported by ``warnings()``,
+which the server logs at WARNING on every start. A typo anywhere stops startup with the option's path
+(pydantic ``extra="forbid"``). Components receive only their own sub-tree.
+
+Environment overrides use ``__`` to descend: ``MCP_BASTION_SERVER__PORT=9443`` sets ``server.port``.
+Values are parsed as TOML values when they can be (``true``, ``8443``, ``["a"]``), else taken as strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mcp_bastion.errors import ConfigError
+
+ENV_PREFIX = "MCP_BASTION_"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClientAuthSettings(_Model):
+    """mTLS: client certificates verified against ``ca``; the certificate subject becomes the principal."""
+
+    ca: Path
+    required: bool = False
+    """When true every connection must present a certificate; otherwise a bearer token also works."""
+
+
+class TLSSettings(_Model):
+    cert: Path | None = None
+    """Server certificate chain (PEM). When absent, a local CA and a certificate are made in state_dir."""
+    key: Path | None = None
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+    """TLS 1.3 is always preferred; 1.2 is accepted with AEAD, forward-secret ciphers only."""
+    client_auth: ClientAuthSettings | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TLSSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key must be given together")
+        return self
+
+
+class LimitSettings(_Model):
+    """Named limits; each refusal has its own reason code in the audit log."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    """Largest accepted POST body."""
+    max_json_depth: int = Field(64, ge=4, le=512)
+    """Deepest accepted JSON nesting, in containers."""
+    max_header_bytes: int = Field(16_384, ge=4096, le=1_048_576)
+    """Largest accepted request header block (enforced by the HTTP parser)."""
+    header_timeout: float = Field(10.0, gt=0, le=120)
+    """Seconds a client has to send a complete header block (slowloris defence)."""
+    body_timeout: float = Field(30.0, gt=0, le=600)
+    """Seconds a client has to send the whole body once headers are in."""
+    upstream_connect_timeout: float = Field(10.0, gt=0, le=120)
+    upstream_timeout: float = Field(300.0, gt=0, le=3600)
+    """Longest a single upstream request may take, streaming included."""
+    max_upstream_message_bytes: int = Field(16 * 1_048_576, ge=1024)
+    """Largest single message (JSON body or SSE event) accepted from an upstream."""
+    max_sessions_per_principal: int = Field(64, ge=1)
+    session_idle_seconds: float = Field(3600.0, gt=0)
+
+
+class IssuerSettings(_Model):
+    """An OAuth issuer whose JWT access tokens the gateway accepts."""
+
+    issuer: str
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    algorithms: tuple[Literal["ES256", "EdDSA", "RS256"], ...] = ("ES256", "EdDSA", "RS256")
+    allow_insecure_http: bool = False
+    """Fetch ``jwks_url`` over plain HTTP (only for a loopback host)."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSettings:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url or jwks_file")
+        return self
+
+
+class AuthSettings(_Model):
+    issuers: tuple[IssuerSettings, ...] = ()
+    local_issuer: bool = True
+    """Run the built-in issuer (keys in the state directory) and trust its tokens."""
+    token_leeway_seconds: int = Field(30, ge=0, le=300)
+
+
+class AuditSettings(_Model):
+    path: Path | None = None
+    """JSON-lines file; defaults to ``<state_dir>/audit.jsonl``. ``-`` writes to standard output."""
+
+
+class UpstreamSettings(_Model):
+    """One MCP server behind the gateway, served at ``/mcp/<name>``. Exactly one of url or command."""
+
+    url: str | None = None
+    """Remote MCP server (Streamable HTTP). https required unless ``allow_insecure_http`` for loopback."""
+    command: tuple[str, ...] | None = None
+    """Local MCP server over stdio: argv of the child the gateway spawns and supervises."""
+    env: Mapping[str, str] = Field(default_factory=dict)
+    """The child's whole environment (nothing is inherited but PATH)."""
+    cwd: Path | None = None
+    ca_bundle: Path | None = None
+    """Pinned CA bundle for the upstream's TLS certificate (system roots when absent)."""
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    allow_insecure_http: bool = False
+    allow_methods: tuple[str, ...] = ()
+    """Extra JSON-RPC methods forwarded to this upstream besides the MCP ones."""
+    deny_methods: tuple[str, ...] = ()
+    """MCP methods refused for this upstream."""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> UpstreamSettings:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give exactly one of url or command")
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"url must be an absolute https URL, got {self.url!r}")
+            if parts.scheme == "http":
+                if not self.allow_insecure_http:
+                    raise ValueError("plain http upstream needs allow_insecure_http = true")
+                if not _is_loopback(parts.hostname):
+                    raise ValueError("plain http upstreams are allowed only on loopback")
+        if self.command is not None and not self.command:
+            raise ValueError("command must not be empty")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key must be given together")
+        return self
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)
+    public_url: str | None = None
+    """The URL clients use (behind a TLS-terminating proxy, say). Default: https://<host>:<port>."""
+    state_dir: Path = Path("state")
+    allow_insecure_http: bool = False
+    """Serve plain HTTP. Refused unless bound to loopback; logged as a WARNING on every start."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Extra Host header values accepted (DNS-rebinding defence); the public URL's host is always allowed."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call MCP endpoints; requests without Origin are not affected."""
+    dangerously_allow_unauthenticated: bool = False
+    """Serve MCP without any credential. Never do this outside a throw-away test."""
+
+    @model_validator(mode="after")
+    def _insecure_only_on_loopback(self) -> ServerSettings:
+        if self.allow_insecure_http and not _is_loopback(self.host):
+            raise ValueError("allow_insecure_http is refused unless server.host is a loopback address")
+        if self.dangerously_allow_unauthenticated and not _is_loopback(self.host):
+            raise ValueError("dangerously_allow_unauthenticated is refused unless bound to loopback")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "http" if self.allow_insecure_http else "https"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+class Settings(_Model):
+    server: ServerSettings = ServerSettings()
+    tls: TLSSettings = TLSSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
+    audit: AuditSettings = AuditSettings()
+    upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _some_upstream(cls, value: dict[str, UpstreamSettings]) -> dict[str, UpstreamSettings]:
+        if not value:
+            raise ValueError("configure at least one upstream: [upstreams.<name>]")
+        return value
+
+    def warnings(self) -> list[str]:
+        """Every weakening option in force, worded for the startup log."""
+        found: list[str] = []
+        if self.server.allow_insecure_http:
+            found.append("server.allow_insecure_http = true: MCP traffic and tokens travel in plain text")
+        if self.server.dangerously_allow_unauthenticated:
+            found.append("server.dangerously_allow_unauthenticated = true: anyone on loopback can call tools")
+        for name, upstream in self.upstreams.items():
+            if upstream.allow_insecure_http:
+                found.append(f"upstreams.{name}.allow_insecure_http = true: upstream traffic is not encrypted")
+            if upstream.allow_methods:
+                found.append(f"upstreams.{name}.allow_methods forwards non-MCP methods: {upstream.allow_methods}")
+        for issuer in self.auth.issuers:
+            if issuer.allow_insecure_http:
+                found.append(f"auth.issuers[{issuer.issuer}].allow_insecure_http = true: JWKS fetched over http")
+        return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (TOML) and the environment into a validated ``Settings`` or raise ``ConfigError``."""
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    apply_env_overrides(data, os.environ if environ is None else environ)
+    return parse_settings(data, source=str(path) if path else "defaults")
+
+
+def parse_settings(data: Mapping[str, object], *, source: str = "config") -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def apply_env_overrides(data: dict[str, object], environ: Mapping[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {'.'.join(path)} is not a table")
+            node = child
+        node[path[-1]] = _env_value(raw)
+
+
+def _env_value(raw: str) -> object:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
