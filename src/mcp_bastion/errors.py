@@ -61,6 +61,12 @@ class BastionError(Exception):
             self.reason = reason  # type: ignore[misc]
 
 
+    @property
+    def public_reason(self) -> str:
+        """The reason code shown to the client (the audit record always has the precise ``reason``)."""
+        return self.reason
+
+
 class ConfigError(BastionError):
     """A setting is wrong; raised at startup only, with the setting's path and the bad value."""
 
@@ -111,6 +117,11 @@ class SessionRejected(Rejected):
     reason = "session_unknown"
     http_status = 404
     public_message = "session not found"
+
+    @property
+    def public_reason(self) -> str:
+        # A session id presented by the wrong principal must look exactly like an unknown one.
+        return "session_unknown"
 
 
 class MalformedRequest(Rejected):

@@ -96,8 +96,8 @@ class MCPEndpoint:
             kind = ex.reply.kind
             headers = self._session_header(ex)
             if kind == "json" or (kind == "sse" and _is_final(item) and item.event_id is None):
+                await _drain(items)  # ends the exchange first: its audit record is written before the answer
                 await _send_json(send, 200, item.data, headers)
-                await _drain(items)
                 return
             if not _accepts_sse(ex):
                 await self._json_only(ex, item, items, send, headers)

@@ -15,6 +15,7 @@ errors further down. The driver:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -93,18 +94,17 @@ class Gate:
             yield exchange, refusal
             return
         if exchange.http.method != "POST":  # GET stream / DELETE session: no message, one exchange
-            async for item in self._process(exchange):
-                yield item
-            return
-        body = exchange.body
-        if not body.batch:
-            exchange.message = body.messages[0]
-            async for item in self._process(exchange):
-                yield item
-            return
-        for index, message in enumerate(body.messages):
-            async for item in self._process(exchange.child(message, index)):
-                yield item
+            exchanges = [exchange]
+        elif not exchange.body.batch:
+            exchange.message = exchange.body.messages[0]
+            exchanges = [exchange]
+        else:
+            exchanges = [exchange.child(message, i) for i, message in enumerate(exchange.body.messages)]
+        for one in exchanges:
+            # aclosing: if our consumer goes away mid-stream, the inner exchange is closed (and audited) now.
+            async with contextlib.aclosing(self._process(one)) as items:
+                async for item in items:
+                    yield item
 
     async def _process(self, exchange: Exchange) -> AsyncIterator[tuple[Exchange, Outgoing]]:
         refusal: Refusal | None = None
@@ -116,6 +116,8 @@ class Gate:
                 for response_stage in self.response:
                     event = await response_stage(exchange, event)
                 yield exchange, event
+                if event.message is not None and event.message.kind == "response":
+                    break  # a request's exchange ends with its response, whatever the upstream does next
         except BaseException as exc:
             refusal = self._fail(exchange, exc)
             if refusal is None:
