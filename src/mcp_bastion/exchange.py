@@ -127,6 +127,11 @@ class Exchange:
         twin.batch_index = index
         return twin
 
+    @property
+    def maybe_message(self) -> Message | None:
+        """The message, or None for GET/DELETE and for exchanges refused before parsing."""
+        return getattr(self, "message", None)
+
     def get(self, name: str) -> object:
         """Read a field that may not be set yet (for the audit record only)."""
         return getattr(self, name, None)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +57,25 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, upstreams: Mapping[str, Mapping[str, object]], **sections: Mapping[str, object]
+    tmp_path: Path,
+    upstreams: Mapping[str, Mapping[str, object]],
+    *,
+    extra_origins: Callable[[int], list[str]] | None = None,
+    **sections: Mapping[str, object],
 ) -> AsyncIterator[RunningGateway]:
+    """A gateway on a fresh loopback port; ``extra_origins(port)`` adds allowed Origins that name the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server_section = {"host": "127.0.0.1", "port": port, "state_dir": str(tmp_path / "state"), **sections.pop("server", {})}
+    server_section = {
+        "host": "127.0.0.1",
+        "port": port,
+        "state_dir": str(tmp_path / "state"),
+        **sections.pop("server", {}),
+    }
+    if extra_origins is not None:
+        server_section["allowed_origins"] = extra_origins(port)
     settings = parse_settings({"server": server_section, "upstreams": dict(upstreams), **sections})
     context, pki = listener_context(settings)
     gateway = build_gateway(settings)
@@ -75,7 +87,9 @@ async def running_gateway(
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-        yield RunningGateway(gateway, settings.server.base_url, pki.ca_cert if pki else None, tmp_path / "state" / "audit.jsonl")
+        yield RunningGateway(
+            gateway, settings.server.base_url, pki.ca_cert if pki else None, tmp_path / "state" / "audit.jsonl"
+        )
     finally:
         server.should_exit = True
         with anyio.fail_after(15):

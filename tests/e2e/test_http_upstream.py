@@ -26,7 +26,7 @@ async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_list_and_call_through_gateway(gw: RunningGateway, mode: str) -> None:
     http = gw.http(gw.token("alice"))
-    async with http, Client(streamable_http_client(gw.url("up"), http_client=http), mode=mode) as client:  # type: ignore[arg-type]
+    async with http, Client(streamable_http_client(gw.url("up"), http_client=http), mode=mode) as client:
         tools = await client.list_tools()
         names = {t.name for t in tools.tools}
         assert "get_customer" in names

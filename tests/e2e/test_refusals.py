@@ -17,6 +17,7 @@ import httpx2
 import orjson
 import pytest
 
+from mcp_bastion.exchange import Principal
 from mcp_bastion.oauth.localissuer import LocalIssuer
 from tests.e2e.gateway import RunningGateway, running_gateway
 from tests.helpers.procs import serve_module
@@ -228,7 +229,9 @@ async def test_bad_bodies(gw: RunningGateway, body: bytes, status: int, code: in
 async def test_unknown_method_is_denied(gw: RunningGateway) -> None:
     message = {**call(), "method": "admin/shutdown"}
     async with gw.http(gw.token()) as http:
-        response = await http.post(gw.url("up"), json=message, headers={**MODERN_HEADERS, "mcp-method": "admin/shutdown"})
+        response = await http.post(
+            gw.url("up"), json=message, headers={**MODERN_HEADERS, "mcp-method": "admin/shutdown"}
+        )
     assert response.status_code == 200
     assert response.json()["error"]["code"] == -32601
     assert response.json()["id"] == 7
@@ -281,12 +284,11 @@ async def test_upstream_session_id_never_reaches_the_client(gw: RunningGateway) 
         opened = await http.post(gw.url("up"), json=INIT, headers=LEGACY_HEADERS)
     session = gw.gateway.sessions.get(opened.headers["mcp-session-id"], _alice(gw), "up")
     upstream_id = getattr(session.channel, "session_id", None)
-    assert upstream_id and upstream_id != session.id
+    assert upstream_id
+    assert upstream_id != session.id
 
 
-def _alice(gw: RunningGateway) -> object:
-    from mcp_bastion.exchange import Principal
-
+def _alice(gw: RunningGateway) -> Principal:
     return Principal(subject="alice", issuer=gw.base_url, method="bearer")
 
 
@@ -295,7 +297,9 @@ async def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
         upstreams = {"up": {"url": upstream_url, "allow_insecure_http": True}}
         async with running_gateway(tmp_path, upstreams, limits={"header_timeout": 0.5}) as gw:
             port = int(gw.base_url.rsplit(":", 1)[1])
-            stream = await anyio.connect_tcp("127.0.0.1", port, ssl_context=gw.client_ssl(), tls_standard_compatible=False)
+            stream = await anyio.connect_tcp(
+                "127.0.0.1", port, ssl_context=gw.client_ssl(), tls_standard_compatible=False
+            )
             async with stream:
                 await stream.send(b"POST /mcp/up HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 with anyio.fail_after(10):  # the gateway must close long before this

@@ -92,7 +92,9 @@ async def run(gate: Gate, ex: Exchange) -> list[object]:
     return [item async for _, item in gate.run(ex)]
 
 
-def gate(admission: list[object], request: list[object], sink: MemorySink, response: list[object] | None = None) -> Gate:
+def gate(
+    admission: list[object], request: list[object], sink: MemorySink, response: list[object] | None = None
+) -> Gate:
     return Gate(admission=admission, request=request, response=response or [], audit=sink)  # type: ignore[arg-type]
 
 
@@ -119,7 +121,8 @@ async def test_rejection_stops_the_exchange_with_its_reason() -> None:
     g = gate([SetPrincipalAndBody(), Recorder("a", log, Forbidden(reason="policy_denied"))], [Recorder("b", log)], sink)
     items = await run(g, exchange())
     assert log == ["a"]
-    assert len(items) == 1 and isinstance(items[0], Refusal)
+    assert len(items) == 1
+    assert isinstance(items[0], Refusal)
     assert items[0].error.reason == "policy_denied"
     assert [(r["decision"], r["reason"], r["status"]) for r in sink.records] == [("deny", "policy_denied", 403)]
 
@@ -134,7 +137,8 @@ async def test_unexpected_exception_fails_closed_with_one_record(where: str) -> 
     request: list[object] = ([boom] if where == "request" else []) + [Recorder("after", log), FakeForward()]
     items = await run(gate(admission, request, sink), exchange())
     assert log == ["boom"]
-    assert len(items) == 1 and isinstance(items[0], Refusal)
+    assert len(items) == 1
+    assert isinstance(items[0], Refusal)
     error = items[0].error
     assert isinstance(error, InternalError)
     assert error.public_message == "internal error"  # nothing of the KeyError reaches the client
@@ -156,7 +160,8 @@ async def test_reading_a_field_before_its_stage_fails_closed() -> None:
 
     sink = MemorySink()
     items = await run(gate([SetPrincipalAndBody()], [ReadsTooEarly()], sink), exchange())
-    assert isinstance(items[0], Refusal) and isinstance(items[0].error, InternalError)
+    assert isinstance(items[0], Refusal)
+    assert isinstance(items[0].error, InternalError)
     assert len(sink.records) == 1
 
 
@@ -171,7 +176,8 @@ async def test_response_stage_error_after_streaming_started() -> None:
 
     sink = MemorySink()
     items = await run(gate([SetPrincipalAndBody()], [FakeForward()], sink, [Breaks()]), exchange())
-    assert isinstance(items[0], Event) and isinstance(items[1], Refusal)
+    assert isinstance(items[0], Event)
+    assert isinstance(items[1], Refusal)
     assert [(r["decision"], r["reason"]) for r in sink.records] == [("error", "upstream_wrong_id")]
 
 
@@ -209,5 +215,6 @@ async def test_client_going_away_is_audited() -> None:
 
 def test_message_helper_types() -> None:
     message = parse_message(BODY, max_depth=8)
-    assert isinstance(message, Message) and message.kind == "request"
+    assert isinstance(message, Message)
+    assert message.kind == "request"
     assert isinstance(message.params, Mapping)

@@ -15,7 +15,7 @@ escapes becomes an opaque 500, logged with its traceback for the operator.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -63,7 +63,7 @@ class BastionApp:
         started = False
         extra = self.extra_headers
 
-        async def guarded_send(message: dict[str, Any]) -> None:
+        async def guarded_send(message: MutableMapping[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True

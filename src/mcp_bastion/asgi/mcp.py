@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from mcp_bastion.asgi.render import JSON_HEADERS, Headers, error_body, error_headers, http_status_for
@@ -26,8 +26,8 @@ from mcp_bastion.sessions import SessionStore
 from mcp_bastion.upstream.base import Event, Upstream
 from mcp_bastion.upstream.sse import encode_event
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -111,13 +111,13 @@ class MCPEndpoint:
 
     def _session_header(self, exchange: Exchange) -> Headers:
         session = exchange.get("session")
-        message = exchange.get("message")
+        message = exchange.maybe_message
         if session is None or message is None or exchange.message.method != "initialize":
             return []
         return [(b"mcp-session-id", session.id.encode())]  # type: ignore[attr-defined]
 
     async def _refuse(self, exchange: Exchange, refusal: Refusal, send: Send) -> None:
-        message = exchange.get("message")
+        message = exchange.maybe_message
         msg_id = getattr(message, "id", None) if getattr(message, "kind", None) == "request" else None
         error = refusal.error
         status = http_status_for(error, has_id=msg_id is not None)
@@ -159,7 +159,7 @@ class MCPEndpoint:
         async for pair in _chain(pending, items):
             ex, item = pair
             if isinstance(item, Refusal):
-                message = ex.get("message")
+                message = ex.maybe_message
                 if message is None:  # refused before the body was parsed: one error for the whole request
                     await self._refuse(ex, item, send)
                     return
@@ -175,7 +175,7 @@ class MCPEndpoint:
     async def _end_failed_initialize(self, exchange: Exchange) -> None:
         """An ``initialize`` that did not succeed must not leave a session (or an upstream one) behind."""
         session = exchange.get("session")
-        message = exchange.get("message")
+        message = exchange.maybe_message
         if session is None or exchange.rejection is None or getattr(message, "method", None) != "initialize":
             return
         self.sessions.pop(exchange.session.id)  # type: ignore[union-attr]
@@ -261,7 +261,7 @@ def _accepts_sse(exchange: Exchange) -> bool:
 
 async def _send_event(send: Send, exchange: Exchange, item: Outgoing) -> None:
     if isinstance(item, Refusal):
-        message = exchange.get("message")
+        message = exchange.maybe_message
         if message is None or exchange.message.kind != "request":
             return
         data = error_body(item.error, exchange.message.id)

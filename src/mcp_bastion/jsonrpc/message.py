@@ -121,14 +121,14 @@ def classify(value: object) -> Message:
         if params is not None and not isinstance(params, dict):
             raise MalformedRequest("params must be an object", reason="bad_params")
         kind: Kind = "request" if has_id else "notification"
-        return Message(kind, value, msg_id if has_id else None, method)  # type: ignore[arg-type]
+        return Message(kind, value, msg_id if has_id else None, method)
     if not has_id:
         raise MalformedRequest("message has neither method nor id", reason="bad_message")
     if ("result" in value) == ("error" in value):
         raise MalformedRequest("a response carries exactly one of result or error", reason="bad_response")
     if "error" in value and not _valid_error(value["error"]):
         raise MalformedRequest("malformed error object", reason="bad_error_object")
-    return Message("response", value, msg_id, None)  # type: ignore[arg-type]
+    return Message("response", value, msg_id, None)
 
 
 def _valid_error(error: object) -> bool:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Protocol
 
-from mcp_bastion.oauth.access_token import AccessClaims
-
 from mcp_bastion.errors import TransportRejected
 from mcp_bastion.exchange import Exchange, Principal
+from mcp_bastion.oauth.access_token import AccessClaims
 from mcp_bastion.oauth.bearer import parse_authorization
 
 

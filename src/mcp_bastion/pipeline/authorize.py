@@ -23,7 +23,7 @@ class Authorize:
         """Endpoint name -> the methods clients may send to it."""
 
     async def __call__(self, exchange: Exchange) -> None:
-        message = exchange.get("message")
+        message = exchange.maybe_message
         if message is None:  # GET / DELETE: the session stage already bound them to the caller
             return
         assert message is exchange.message

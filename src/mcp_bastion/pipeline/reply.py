@@ -28,7 +28,7 @@ class CheckReply:
         message = event.message
         if message is None:
             return event
-        sent = exchange.get("message")
+        sent = exchange.maybe_message
         if message.kind == "response":
             if sent is None or getattr(sent, "id", None) != message.id or getattr(sent, "kind", None) != "request":
                 raise UpstreamError(f"upstream answered id {message.id!r} unasked", reason="upstream_wrong_id")

@@ -30,7 +30,7 @@ class Sessions:
     async def __call__(self, exchange: Exchange) -> None:
         headers = exchange.http.headers
         session_id = headers.get("mcp-session-id")
-        message = exchange.get("message")
+        message = exchange.maybe_message
         principal = exchange.principal
         if session_id is not None:
             if message is not None and getattr(message, "method", None) == "initialize":

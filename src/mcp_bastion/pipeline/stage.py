@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -81,7 +81,7 @@ class Gate:
         self.response = tuple(response)
         self._audit = audit
 
-    async def run(self, exchange: Exchange) -> AsyncIterator[tuple[Exchange, Outgoing]]:
+    async def run(self, exchange: Exchange) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
         """Admit one HTTP request, then process each of its messages. Yields (exchange, outgoing) pairs."""
         try:
             for stage in self.admission:
@@ -106,7 +106,7 @@ class Gate:
                 async for item in items:
                     yield item
 
-    async def _process(self, exchange: Exchange) -> AsyncIterator[tuple[Exchange, Outgoing]]:
+    async def _process(self, exchange: Exchange) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
         refusal: Refusal | None = None
         try:
             for stage in self.request:
@@ -123,9 +123,9 @@ class Gate:
             if refusal is None:
                 raise
         finally:
-            reply = exchange.get("reply")
-            if reply is not None:
-                await _close_quietly(reply)
+            answer = exchange.get("reply")
+            if answer is not None:
+                await _close_quietly(answer)
             self.emit(exchange)
         if refusal is not None:
             yield exchange, refusal
