@@ -1,0 +1,52 @@
+"""Limits on the request head that uvicorn 0.54 does not enforce: how long it may take, how big it may be.
+
+- **Header timeout** (slowloris): uvicorn times out idle keep-alive connections only *after* a
+  response. A client that connects and trickles header bytes, one a second, holds a connection (and a
+  slot of ``limit_concurrency``) forever. ``HeadDeadline`` aborts the connection unless the head is
+  complete ``header_timeout`` seconds after the connection opened, or after the first byte of a
+  later request on it. The TLS handshake itself is bounded separately by asyncio's 60 s
+  ``ssl_handshake_timeout``.
+- **Head size**: h11 bounds only an *incomplete* head (a complete 64 KB head that arrives in one read
+  passes) and httptools bounds nothing, so both protocol subclasses add an exact check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+DEFAULT_HEADER_TIMEOUT: Final = 10.0
+"""Seconds a client has to deliver a complete request head (``limits.header_timeout``)."""
+DEFAULT_MAX_HEAD_BYTES: Final = 16_384
+"""Largest request head, request line and header fields together (``limits.max_header_bytes``)."""
+
+HEAD_TOO_LARGE: Final = "Request header fields too large."
+"""Why an oversized head was refused (the 400 body, or the parser error uvicorn logs)."""
+
+
+class HeadDeadline:
+    """Aborts a transport unless ``disarm`` is called within ``seconds`` of ``arm``."""
+
+    __slots__ = ("_handle", "_loop", "_seconds", "_transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, seconds: float | None) -> None:
+        self._loop, self._transport, self._seconds = loop, transport, seconds
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        """Start the clock unless it is running: the deadline counts from the head's first byte."""
+        if self._handle is None and self._seconds is not None and not self._transport.is_closing():
+            self._handle = self._loop.call_later(self._seconds, self._expire)
+
+    def disarm(self) -> None:
+        """Stop the clock: the head is complete, or the connection is gone."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expire(self) -> None:
+        self._handle = None
+        # abort, not close: close would wait (asyncio's TLS shutdown timeout is 30 s) for a peer that is
+        # slow on purpose, and there is nothing of ours to flush.
+        if not self._transport.is_closing():
+            self._transport.abort()
