@@ -8,22 +8,27 @@ for the audit log and the operator's log only; it is never rendered to a client.
 ::
 
     BastionError
-    ├── ConfigError            startup only; names the setting and the bad value
-    ├── Rejected               the gate refused; rendered to the client; always audited
-    │   ├── TransportRejected  not https / bad Host / bad Origin / client cert refused / bad content type
-    │   ├── Unauthenticated    401 + WWW-Authenticate (RFC 6750, RFC 9728 resource_metadata)
-    │   ├── Forbidden          policy or allow-list denial
-    │   ├── SessionRejected    unknown, expired or foreign Mcp-Session-Id
-    │   ├── MalformedRequest   JSON-RPC -32700 / -32600
-    │   ├── InvalidArguments   JSON-RPC -32602
-    │   ├── MethodNotAllowed   HTTP method not served on this path
-    │   ├── NotFound           no such MCP endpoint
-    │   ├── PayloadTooLarge
-    │   └── RateLimited
-    ├── UpstreamError          502/504, mapped at the boundary from client/subprocess errors
-    │   └── UpstreamTimeout
-    ├── Unavailable            a store the gate needs cannot be read: 503, fail closed
-    └── InternalError          a bug; opaque to the client, precise in the audit record
+    ├── ConfigError             startup only; names the setting and the bad value
+    ├── Rejected                the gate refused; rendered to the client; always audited
+    │   ├── TransportRejected   not https / bad Host / bad Origin / client certificate refused
+    │   ├── Unauthenticated     401 + WWW-Authenticate (RFC 6750, RFC 9728 resource_metadata)
+    │   ├── Forbidden           the caller is known but may not do this
+    │   ├── SessionRejected     unknown, expired or foreign Mcp-Session-Id (all look alike: 404)
+    │   ├── MalformedRequest    JSON-RPC -32600
+    │   │   └── ParseFailed     JSON-RPC -32700
+    │   ├── MethodDenied        method not on the allow-list: JSON-RPC -32601
+    │   ├── InvalidArguments    JSON-RPC -32602
+    │   ├── MethodNotAllowed    HTTP method not served on this path (405)
+    │   ├── NotFound            no such endpoint (404)
+    │   ├── NotAcceptable       Accept rules out JSON and SSE (406)
+    │   ├── UnsupportedMediaType  POST body not application/json (415)
+    │   ├── PayloadTooLarge     body, header block or nesting over its limit (413)
+    │   ├── RateLimited         429 + Retry-After
+    │   └── ClientDisconnected  the client went away mid-exchange (audited only)
+    ├── UpstreamError           502, mapped at the boundary from client/subprocess errors
+    │   └── UpstreamTimeout     504
+    ├── Unavailable             a store the gate needs cannot be read: 503, fail closed
+    └── InternalError           a bug; opaque to the client, precise in the audit record
 
 Translate foreign exceptions at the boundary into the most specific class here (``raise X(...) from exc``).
 Rendering happens in one place (``mcp_bastion.asgi.render``).
@@ -59,7 +64,6 @@ class BastionError(Exception):
         if reason is not None:
             # A more specific stable code for the same class (e.g. "token_expired" for Unauthenticated).
             self.reason = reason  # type: ignore[misc]
-
 
     @property
     def public_reason(self) -> str:
