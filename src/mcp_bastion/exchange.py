@@ -61,6 +61,8 @@ class Exchange:
     """One message through the gate, from the HTTP edge to the audit record."""
 
     __slots__ = (
+        "answer_error",
+        "answered",
         "batch_index",
         "body",
         "channel",
@@ -108,6 +110,10 @@ class Exchange:
     """Set by ``forward``."""
     rejection: BastionError | None
     """Set by the driver: why the exchange was refused or failed (None when it went through)."""
+    answered: bool
+    """Set by the driver: a response to the request went back (False for a stream closed without one)."""
+    answer_error: int | None
+    """Set by the driver: the JSON-RPC error code of that response, when it was an error."""
 
     def __init__(self, http: HTTPFacts, endpoint: str, upstream: Upstream, request_id: str) -> None:
         self.http = http
@@ -117,6 +123,8 @@ class Exchange:
         self.started = time.monotonic()
         self.rejection = None
         self.batch_index = None
+        self.answered = False
+        self.answer_error = None
 
     def child(self, message: Message, index: int) -> Exchange:
         """A sibling exchange for one message of a batch: same HTTP facts and principal, own audit record."""

@@ -3,7 +3,8 @@
 Fields are stable (tools and tests read them): ``time`` (RFC 3339 UTC), ``request_id``, ``principal``,
 ``issuer``, ``client``, ``auth`` (bearer/mtls/none), ``server``, ``method``, ``target`` (tool name, prompt name or
 resource URI), ``jsonrpc_id``, ``decision`` (allow/deny/error), ``reason`` (snake_case code from
-``mcp_bastion.errors``; ``ok`` when allowed), ``status`` (HTTP status sent), ``latency_ms``, ``remote``
+``mcp_bastion.errors``; ``ok`` when answered, ``stream_closed`` when a request's stream ended unanswered), ``status`` (HTTP status sent), ``error_code`` (the JSON-RPC error code when the upstream answered
+with an error), ``latency_ms``, ``remote``
 and ``detail`` (operator-facing detail of a refusal; never any secret, never sent to the client).
 """
 
@@ -51,11 +52,22 @@ def build_record(exchange: Exchange, *, status: int | None, now: float | None = 
         "target": target,
         "jsonrpc_id": jsonrpc_id,
         "decision": decision,
-        "reason": "ok" if rejection is None else rejection.reason,
+        "reason": _reason(exchange),
         "status": status,
+        "error_code": exchange.answer_error,
         "latency_ms": round((time.monotonic() - exchange.started) * 1000, 3),
         "remote": exchange.http.client_addr,
     }
     if rejection is not None and rejection.detail:
         record["detail"] = rejection.detail[:MAX_DETAIL]
     return record
+
+
+def _reason(exchange: Exchange) -> str:
+    if exchange.rejection is not None:
+        return exchange.rejection.reason
+    message = exchange.maybe_message
+    if message is not None and message.kind == "request" and not exchange.answered:
+        # The stream closed without an answer: cancelled, or the server will answer on a resumed stream.
+        return "stream_closed"
+    return "ok"

@@ -22,6 +22,7 @@ Run: `python -m mcp_bastion.demo.customers --stdio`, or `--http [--host H] [--po
 from __future__ import annotations
 
 import inspect
+import os
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -311,5 +312,9 @@ def build_server(customers: Iterable[Customer] | None = None, *, step_seconds: f
     )
 
 
+STEP_SECONDS_VARIABLE: Final = "MCP_BASTION_DEMO_STEP_SECONDS"
+"""Seconds per export step when run as a program (tests slow exports down to cancel one mid-way)."""
+
 if __name__ == "__main__":
-    main(build_server(), prog="python -m mcp_bastion.demo.customers")
+    step = float(os.environ.get(STEP_SECONDS_VARIABLE, "0.01"))
+    main(build_server(step_seconds=step), prog="python -m mcp_bastion.demo.customers")

@@ -115,8 +115,12 @@ class Gate:
             async for event in reply.events:
                 for response_stage in self.response:
                     event = await response_stage(exchange, event)
+                final = event.message is not None and event.message.kind == "response"
+                if final:
+                    exchange.answered = True
+                    exchange.answer_error = _error_code(event)
                 yield exchange, event
-                if event.message is not None and event.message.kind == "response":
+                if final:
                     break  # a request's exchange ends with its response, whatever the upstream does next
         except BaseException as exc:
             refusal = self._fail(exchange, exc)
@@ -161,3 +165,12 @@ async def _close_quietly(reply: object) -> None:
         await close()
     except (BastionError, OSError, RuntimeError):
         log.debug("closing an upstream reply failed", exc_info=True)
+
+
+def _error_code(event: Event) -> int | None:
+    message = event.message
+    if message is None or not message.is_error:
+        return None
+    error = message.raw.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
