@@ -44,7 +44,9 @@ def test_docstring_tree_matches_the_classes() -> None:
     assert _drawn_tree() == _real_tree()
 
 
-@pytest.mark.parametrize("cls", [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BastionError)])
+@pytest.mark.parametrize(
+    "cls", [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BastionError)]
+)
 def test_stable_class_data(cls: type[BastionError]) -> None:
     assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.reason)
     assert 200 <= cls.http_status <= 599

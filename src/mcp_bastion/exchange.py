@@ -9,7 +9,7 @@ default that looks like a decision.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -135,14 +135,24 @@ class Exchange:
         twin.batch_index = index
         return twin
 
+    # Typed reads of fields that may legitimately be unset (the audit record and the HTTP edge need them).
     @property
     def maybe_message(self) -> Message | None:
         """The message, or None for GET/DELETE and for exchanges refused before parsing."""
         return getattr(self, "message", None)
 
-    def get(self, name: str) -> object:
-        """Read a field that may not be set yet (for the audit record only)."""
-        return getattr(self, name, None)
+    @property
+    def maybe_principal(self) -> Principal | None:
+        return getattr(self, "principal", None)
 
+    @property
+    def maybe_body(self) -> Body | None:
+        return getattr(self, "body", None)
 
-AsyncMessages = AsyncIterator[Message]
+    @property
+    def maybe_session(self) -> Session | None:
+        return getattr(self, "session", None)
+
+    @property
+    def maybe_reply(self) -> Reply | None:
+        return getattr(self, "reply", None)

@@ -49,12 +49,12 @@ MODES = ["legacy", "auto"]
 async def test_tools_progress_and_session_end(kind: str, mode: str, tmp_path: Path) -> None:
     async with gateway_for(kind, tmp_path) as gw:
         client, http = connect(gw, mode)
-        progress: list[float] = []
+        seen: list[float] = []
         got_all = anyio.Event()
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
-            if total is not None and value >= total:
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+            if total is not None and progress >= total:
                 got_all.set()
 
         async with http, client:  # type: ignore[attr-defined]
@@ -67,7 +67,8 @@ async def test_tools_progress_and_session_end(kind: str, mode: str, tmp_path: Pa
             assert not report.is_error
             with anyio.fail_after(10):  # progress callbacks run as tasks of their own
                 await got_all.wait()
-            assert progress == sorted(progress) and len(progress) >= 2
+            assert seen == sorted(seen)
+            assert len(seen) >= 2
             if mode == "legacy":
                 assert len(gw.gateway.sessions) == 1
         records = gw.audit()
@@ -89,7 +90,7 @@ async def test_cancellation_reaches_the_upstream(kind: str, mode: str, tmp_path:
         client, http = connect(gw, mode)
         started = anyio.Event()
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             started.set()
 
         async with http, client:  # type: ignore[attr-defined]

@@ -110,15 +110,15 @@ class MCPEndpoint:
         await self._end_failed_initialize(exchange)
 
     def _session_header(self, exchange: Exchange) -> Headers:
-        session = exchange.get("session")
+        session = exchange.maybe_session
         message = exchange.maybe_message
-        if session is None or message is None or exchange.message.method != "initialize":
+        if session is None or message is None or message.method != "initialize":
             return []
-        return [(b"mcp-session-id", session.id.encode())]  # type: ignore[attr-defined]
+        return [(b"mcp-session-id", session.id.encode())]
 
     async def _refuse(self, exchange: Exchange, refusal: Refusal, send: Send) -> None:
         message = exchange.maybe_message
-        msg_id = getattr(message, "id", None) if getattr(message, "kind", None) == "request" else None
+        msg_id = message.id if message is not None and message.kind == "request" else None
         error = refusal.error
         status = http_status_for(error, has_id=msg_id is not None)
         headers = error_headers(error, resource_metadata_url=self.metadata_urls.get(exchange.endpoint))
@@ -174,11 +174,11 @@ class MCPEndpoint:
 
     async def _end_failed_initialize(self, exchange: Exchange) -> None:
         """An ``initialize`` that did not succeed must not leave a session (or an upstream one) behind."""
-        session = exchange.get("session")
+        session = exchange.maybe_session
         message = exchange.maybe_message
-        if session is None or exchange.rejection is None or getattr(message, "method", None) != "initialize":
+        if session is None or exchange.rejection is None or message is None or message.method != "initialize":
             return
-        self.sessions.pop(exchange.session.id)  # type: ignore[union-attr]
+        self.sessions.pop(session.id)
         await exchange.channel.aclose()
 
 
@@ -246,8 +246,8 @@ def _request_id() -> str:
 
 
 def _is_batch(exchange: Exchange) -> bool:
-    body = exchange.get("body")
-    return bool(getattr(body, "batch", False))
+    body = exchange.maybe_body
+    return body is not None and body.batch
 
 
 def _is_final(event: Event) -> bool:

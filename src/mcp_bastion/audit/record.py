@@ -1,11 +1,15 @@
 """The audit record: one JSON object per exchange, allowed or refused.
 
-Fields are stable (tools and tests read them): ``time`` (RFC 3339 UTC), ``request_id``, ``principal``,
-``issuer``, ``client``, ``auth`` (bearer/mtls/none), ``server``, ``method``, ``target`` (tool name, prompt name or
-resource URI), ``jsonrpc_id``, ``decision`` (allow/deny/error), ``reason`` (snake_case code from
-``mcp_bastion.errors``; ``ok`` when answered, ``stream_closed`` when a request's stream ended unanswered), ``status`` (HTTP status sent), ``error_code`` (the JSON-RPC error code when the upstream answered
-with an error), ``latency_ms``, ``remote``
-and ``detail`` (operator-facing detail of a refusal; never any secret, never sent to the client).
+Fields are stable (tools and tests read them):
+
+- ``time`` (RFC 3339 UTC), ``request_id`` (gateway-unique), ``remote`` (client address);
+- ``principal``, ``issuer``, ``client``, ``auth`` (bearer/mtls/none): who asked;
+- ``server``, ``method``, ``target`` (tool name, prompt name or resource URI), ``jsonrpc_id``: what;
+- ``decision`` (allow/deny/error) and ``reason`` (a snake_case code from ``mcp_bastion.errors``; ``ok``
+  when answered, ``stream_closed`` when a request's stream ended without an answer);
+- ``status`` (HTTP status sent), ``error_code`` (the JSON-RPC error code when the upstream answered with
+  an error), ``latency_ms``;
+- ``detail``: the operator-facing detail of a refusal; never a secret, never sent to the client.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def build_record(exchange: Exchange, *, status: int | None, now: float | None = 
     """Summarise a finished exchange. Reads only fields that may be unset through ``Exchange.get``."""
     rejection = exchange.rejection
     decision: Decision = "allow" if rejection is None else ("deny" if isinstance(rejection, Rejected) else "error")
-    principal = exchange.get("principal")
+    principal = exchange.maybe_principal
     message = exchange.maybe_message
     method: str | None = None
     target: str | None = None
@@ -43,10 +47,10 @@ def build_record(exchange: Exchange, *, status: int | None, now: float | None = 
     record: JSONObject = {
         "time": datetime.fromtimestamp(time.time() if now is None else now, UTC).isoformat(timespec="milliseconds"),
         "request_id": exchange.request_id,
-        "principal": getattr(principal, "subject", None),
-        "issuer": getattr(principal, "issuer", None),
-        "client": getattr(principal, "client_id", None),
-        "auth": getattr(principal, "method", None),
+        "principal": principal.subject if principal else None,
+        "issuer": principal.issuer if principal else None,
+        "client": principal.client_id if principal else None,
+        "auth": principal.method if principal else None,
         "server": exchange.endpoint,
         "method": method,
         "target": target,

@@ -22,8 +22,8 @@ Run: `python -m mcp_bastion.demo.customers --stdio`, or `--http [--host H] [--po
 from __future__ import annotations
 
 import inspect
-import os
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar

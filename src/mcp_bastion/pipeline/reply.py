@@ -30,9 +30,9 @@ class CheckReply:
             return event
         sent = exchange.maybe_message
         if message.kind == "response":
-            if sent is None or getattr(sent, "id", None) != message.id or getattr(sent, "kind", None) != "request":
+            if sent is None or sent.kind != "request" or sent.id != message.id:
                 raise UpstreamError(f"upstream answered id {message.id!r} unasked", reason="upstream_wrong_id")
-            if exchange.message.method == "initialize":
+            if sent.method == "initialize":
                 self._initialized(exchange, ok=not message.is_error)
         elif message.kind == "request" and message.method not in SERVER_REQUESTS:
             raise UpstreamError(f"upstream sent unknown request {message.method!r}", reason="upstream_bad_request")

@@ -33,7 +33,7 @@ class Sessions:
         message = exchange.maybe_message
         principal = exchange.principal
         if session_id is not None:
-            if message is not None and getattr(message, "method", None) == "initialize":
+            if message is not None and message.method == "initialize":
                 raise MalformedRequest("initialize inside an existing session", reason="initialize_in_session")
             session = self.store.get(session_id, principal, exchange.endpoint)
             exchange.era, exchange.session, exchange.channel = "handshake", session, session.channel

@@ -25,7 +25,7 @@ from mcp_bastion.audit.record import build_record
 from mcp_bastion.audit.sink import AuditSink
 from mcp_bastion.errors import BastionError, ClientDisconnected, InternalError, Rejected
 from mcp_bastion.exchange import Exchange
-from mcp_bastion.upstream.base import Event
+from mcp_bastion.upstream.base import Event, Reply
 
 log = logging.getLogger("mcp_bastion.gate")
 
@@ -61,8 +61,8 @@ def status_of(exchange: Exchange) -> int:
     error = exchange.rejection
     if error is not None:
         return error.http_status
-    reply = exchange.get("reply")
-    return 202 if reply is not None and getattr(reply, "kind", None) == "accepted" else 200
+    reply = exchange.maybe_reply
+    return 202 if reply is not None and reply.kind == "accepted" else 200
 
 
 class Gate:
@@ -127,7 +127,7 @@ class Gate:
             if refusal is None:
                 raise
         finally:
-            answer = exchange.get("reply")
+            answer = exchange.maybe_reply
             if answer is not None:
                 await _close_quietly(answer)
             self.emit(exchange)
@@ -157,12 +157,9 @@ class Gate:
         self._audit.emit(build_record(exchange, status=status_of(exchange)))
 
 
-async def _close_quietly(reply: object) -> None:
-    close = getattr(reply, "aclose", None)
-    if close is None:
-        return
+async def _close_quietly(reply: Reply) -> None:
     try:
-        await close()
+        await reply.aclose()
     except (BastionError, OSError, RuntimeError):
         log.debug("closing an upstream reply failed", exc_info=True)
 
