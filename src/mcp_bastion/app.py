@@ -38,6 +38,7 @@ from mcp_bastion.tls.context import upstream_context
 from mcp_bastion.tls.peercert import peer_identity
 from mcp_bastion.upstream.base import Upstream
 from mcp_bastion.upstream.http import HTTPUpstream
+from mcp_bastion.upstream.stdio import StdioUpstream
 
 log = logging.getLogger("mcp_bastion")
 
@@ -200,8 +201,6 @@ def build_upstream(name: str, settings: UpstreamSettings, root: Settings) -> Ups
             max_json_depth=limits.max_json_depth,
         )
     assert settings.command is not None
-    from mcp_bastion.upstream.stdio import StdioUpstream  # TODO(lead): top-level import once stdio lands
-
     return StdioUpstream(
         name,
         settings.command,

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import socket
+import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
@@ -30,6 +32,15 @@ MCP_PATH: Final = "/mcp"
 
 GRACEFUL_SHUTDOWN_SECONDS: Final = 2
 """How long uvicorn waits for open connections (SSE streams) after SIGTERM before closing them."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """HTTPS for the demo server (tests use it as a TLS upstream, optionally requiring client certificates)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -53,9 +64,15 @@ async def serve_stdio(server: Server[Any]) -> None:
 
 
 async def serve_http(
-    server: Server[Any], *, host: str, port: int, json_response: bool = False, stateless: bool = False
+    server: Server[Any],
+    *,
+    host: str,
+    port: int,
+    json_response: bool = False,
+    stateless: bool = False,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Serve Streamable HTTP at `http://host:port/mcp` until SIGINT/SIGTERM; announce `READY <url>`."""
+    """Serve Streamable HTTP at `http(s)://host:port/mcp` until SIGINT/SIGTERM; announce `READY <url>`."""
     # Passing `host` lets the SDK turn on its Host/Origin allow-list (DNS-rebinding protection) on loopback.
     app = server.streamable_http_app(
         streamable_http_path=MCP_PATH, json_response=json_response, stateless_http=stateless, host=host
@@ -63,8 +80,16 @@ async def serve_http(
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.create_server((host, port), family=family) as sock:
         netloc = f"[{host}]" if family == socket.AF_INET6 else host
-        url = f"http://{netloc}:{sock.getsockname()[1]}{MCP_PATH}"
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{netloc}:{sock.getsockname()[1]}{MCP_PATH}"
+        ssl_options: dict[str, Any] = {}
+        if tls is not None:
+            ssl_options = {"ssl_certfile": tls.cert, "ssl_keyfile": tls.key}
+            if tls.client_ca is not None:  # mutual TLS: the caller (the gateway) must show a certificate
+                ssl_options |= {"ssl_ca_certs": tls.client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        config = uvicorn.Config(
+            app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **ssl_options
+        )
         await _AnnouncingServer(config, url).serve(sockets=[sock])
 
 
@@ -77,7 +102,12 @@ def _parse(prog: str, argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="port to bind with --http (default 0: any free)")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
     parser.add_argument("--stateless", action="store_true", help="no sessions: a fresh transport per POST")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-client-ca", help="require client certificates issued by this CA (PEM)")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs them")
     if args.stdio and (args.json_response or args.stateless):
         parser.error("--json-response and --stateless apply only to --http")
     return args
@@ -96,6 +126,7 @@ def main(server: Server[Any], prog: str, argv: Sequence[str] | None = None) -> N
             port=args.port,
             json_response=args.json_response,
             stateless=args.stateless,
+            tls=TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         )
     # uvloop comes with uvicorn[standard] (not on Windows); it makes the benchmark's baseline upstream cheaper.
     use_uvloop = importlib.util.find_spec("uvloop") is not None
