@@ -23,8 +23,8 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── NotAcceptable       Accept rules out JSON and SSE (406)
     │   ├── UnsupportedMediaType  POST body not application/json (415)
     │   ├── PayloadTooLarge     body, header block or nesting over its limit (413)
-    │   ├── RateLimited         429 + Retry-After
-    │   └── ClientDisconnected  the client went away mid-exchange (audited only)
+    │   └── RateLimited         429 + Retry-After
+    ├── ClientDisconnected      the client went away mid-exchange (audited as abandoned, never rendered)
     ├── UpstreamError           502, mapped at the boundary from client/subprocess errors
     │   └── UpstreamTimeout     504
     ├── Unavailable             a store the gate needs cannot be read: 503, fail closed
@@ -215,7 +215,7 @@ class RateLimited(Rejected):
         self.retry_after = retry_after
 
 
-class ClientDisconnected(Rejected):
+class ClientDisconnected(BastionError):
     """The client went away (closed the connection or cancelled) before the exchange finished."""
 
     reason = "client_disconnected"

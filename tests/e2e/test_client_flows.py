@@ -120,4 +120,4 @@ async def test_cancellation_reaches_the_upstream(kind: str, mode: str, tmp_path:
             assert (export[0]["reason"], export[0]["error_code"]) != ("ok", None), export
         else:
             # 2026-07-28: closing the request is the cancellation; the gate saw the client go.
-            assert export[0]["reason"] == "client_disconnected", export
+            assert (export[0]["decision"], export[0]["reason"]) == ("abandoned", "client_disconnected"), export

@@ -322,3 +322,54 @@ async def test_dead_upstream_gives_clear_error_and_gateway_stays_up(tmp_path: Pa
         assert reason(response) == "upstream_unreachable"
         assert gw.audit()[-1]["decision"] == "error"
         assert (await http.get(f"{gw.base_url}/healthz")).status_code == 200
+
+
+async def test_batch_is_answered_per_message(gw: RunningGateway) -> None:
+    """A JSON-RPC batch (MCP 2025-03-26): each message decided and audited on its own, answers in one array."""
+    async with gw.http(gw.token()) as http:
+        opened = await http.post(gw.url("up"), json=INIT, headers=LEGACY_HEADERS)
+        session = {**LEGACY_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+        await http.post(gw.url("up"), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+        batch = [
+            {"jsonrpc": "2.0", "id": 10, "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": 11, "method": "admin/shutdown"},
+            {
+                "jsonrpc": "2.0",
+                "id": 12,
+                "method": "tools/call",
+                "params": {"name": "get_customer", "arguments": {"customer_id": "C001"}},
+            },
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}},
+        ]
+        response = await http.post(gw.url("up"), json=batch, headers=session)
+    assert response.status_code == 200, response.text
+    answers = {answer["id"]: answer for answer in response.json()}
+    assert set(answers) == {10, 11, 12}
+    assert "tools" in answers[10]["result"]
+    assert answers[11]["error"]["code"] == -32601
+    assert answers[12]["result"]["isError"] is False
+    batch_records = gw.audit()[-4:]
+    assert [(r["jsonrpc_id"], r["decision"]) for r in batch_records] == [
+        (10, "allow"),
+        (11, "deny"),
+        (12, "allow"),
+        (None, "allow"),
+    ]
+
+
+async def test_initialize_in_a_batch_is_refused(gw: RunningGateway) -> None:
+    async with gw.http(gw.token()) as http:
+        response = await http.post(gw.url("up"), json=[INIT], headers=LEGACY_HEADERS)
+    assert response.json()[0]["error"]["data"]["reason"] == "initialize_in_batch"
+    assert len(gw.gateway.sessions) == 0
+
+
+async def test_plain_http_only_when_allowed_on_loopback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with serve_module("mcp_bastion.demo.customers", "--http", "--port", "0") as upstream_url:
+        upstreams = {"up": {"url": upstream_url, "allow_insecure_http": True}}
+        async with running_gateway(tmp_path, upstreams, server={"allow_insecure_http": True}) as gw:
+            assert gw.base_url.startswith("http://")
+            async with gw.http(gw.token()) as http:
+                response = await http.post(gw.url("up"), json=call(), headers=MODERN_HEADERS)
+            assert response.status_code == 200
+    assert any("INSECURE: server.allow_insecure_http" in r.getMessage() for r in caplog.records)

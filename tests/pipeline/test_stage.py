@@ -210,7 +210,7 @@ async def test_client_going_away_is_audited() -> None:
     items = g.run(exchange())
     await anext(items)  # the first event went out ...
     await items.aclose()  # ... and then the client disconnected
-    assert [(r["decision"], r["reason"]) for r in sink.records] == [("deny", "client_disconnected")]
+    assert [(r["decision"], r["reason"]) for r in sink.records] == [("abandoned", "client_disconnected")]
 
 
 def test_message_helper_types() -> None:

@@ -272,7 +272,8 @@ async def _send_event(send: Send, exchange: Exchange, item: Outgoing) -> None:
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: Headers) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + extra})
+    length = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + length + extra})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -5,8 +5,9 @@ Fields are stable (tools and tests read them):
 - ``time`` (RFC 3339 UTC), ``request_id`` (gateway-unique), ``remote`` (client address);
 - ``principal``, ``issuer``, ``client``, ``auth`` (bearer/mtls/none): who asked;
 - ``server``, ``method``, ``target`` (tool name, prompt name or resource URI), ``jsonrpc_id``: what;
-- ``decision`` (allow/deny/error) and ``reason`` (a snake_case code from ``mcp_bastion.errors``; ``ok``
-  when answered, ``stream_closed`` when a request's stream ended without an answer);
+- ``decision`` (allow/deny/error, or abandoned when the client went away first) and ``reason`` (a
+  snake_case code from ``mcp_bastion.errors``; ``ok`` when answered, ``stream_closed`` when a request's
+  stream ended without an answer);
 - ``status`` (HTTP status sent), ``error_code`` (the JSON-RPC error code when the upstream answered with
   an error), ``latency_ms``;
 - ``detail``: the operator-facing detail of a refusal; never a secret, never sent to the client.
@@ -18,19 +19,27 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from mcp_bastion.errors import Rejected
+from mcp_bastion.errors import ClientDisconnected, Rejected
 from mcp_bastion.exchange import Exchange
 from mcp_bastion.jsonrpc.message import JSONObject, Message
 from mcp_bastion.jsonrpc.methods import NAME_PARAM
 
-Decision = Literal["allow", "deny", "error"]
+Decision = Literal["allow", "deny", "error", "abandoned"]
 MAX_DETAIL = 512
 
 
 def build_record(exchange: Exchange, *, status: int | None, now: float | None = None) -> JSONObject:
     """Summarise a finished exchange. Reads only fields that may be unset through ``Exchange.get``."""
     rejection = exchange.rejection
-    decision: Decision = "allow" if rejection is None else ("deny" if isinstance(rejection, Rejected) else "error")
+    decision: Decision
+    if rejection is None:
+        decision = "allow"
+    elif isinstance(rejection, Rejected):
+        decision = "deny"
+    elif isinstance(rejection, ClientDisconnected):
+        decision = "abandoned"
+    else:
+        decision = "error"
     principal = exchange.maybe_principal
     message = exchange.maybe_message
     method: str | None = None

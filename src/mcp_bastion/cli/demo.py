@@ -6,13 +6,12 @@ child, audit log in the state directory. Prints what a user needs to connect, th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from pathlib import Path
 
 from mcp_bastion.app import build_gateway
-from mcp_bastion.cli.serve import listener_context, make_server
+from mcp_bastion.cli.serve import listener_context, make_server, run
 from mcp_bastion.settings import Settings, parse_settings
 
 DEMO_USER = "alice"
@@ -47,7 +46,7 @@ def run_demo(state_dir: Path, port: int) -> None:
     print(_banner(url, pki.ca_cert, token, gateway.settings.server.state_dir / "audit.jsonl"), flush=True)
     server = make_server(gateway, context)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve())
+        run(server)
 
 
 def _banner(url: str, ca: Path, token: str, audit: Path) -> str:

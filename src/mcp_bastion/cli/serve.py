@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from pathlib import Path
@@ -63,7 +64,18 @@ def serve(settings: Settings) -> None:
     if pki is not None:
         log.warning("TLS: using the local CA %s (clients must trust it)", pki.ca_cert)
     server = make_server(gateway, context)
-    asyncio.run(server.serve())
+    run(server)
+
+
+def run(server: uvicorn.Server) -> None:
+    """Serve on uvloop when it is installed (uvicorn only does that itself in ``Server.run``)."""
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(server.serve())
 
 
 def state_path(settings: Settings, name: str) -> Path:

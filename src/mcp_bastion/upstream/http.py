@@ -62,7 +62,8 @@ class HTTPUpstream:
             auto_decompress=False,
             # Cookies would let one user's upstream state leak into another's requests on the shared pool.
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent",),
+            # No Accept-Encoding: replies are parsed as they arrive, never decompressed.
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
     async def aclose(self) -> None:
@@ -186,21 +187,52 @@ class HTTPChannel:
     async def _stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         up = self._upstream
         parser = SSEParser(up.max_message_bytes)
+        finished = False
         try:
             async for chunk in response.content.iter_any():
                 for sse in parser.feed(chunk):
                     if sse.event != "message":
                         continue
                     message = _parse_upstream(up.name, sse.data, up.max_json_depth) if sse.data else None
-                    yield Event(sse.data, message, sse.event_id, sse.retry_ms)
+                    event = Event(sse.data, message, sse.event_id, sse.retry_ms)
+                    if message is not None and message.kind == "response":
+                        # The answer ends the exchange. Finish the stream first so the connection goes
+                        # back to the pool instead of being torn down (a new TCP connection per call).
+                        finished = await _finish_body(response)
+                        yield event
+                        return
+                    yield event
+            finished = True
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{up.name}: stream timed out") from exc
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
             raise UpstreamError(f"{up.name}: stream broken: {exc}", reason="upstream_disconnected") from exc
         finally:
-            # Closing (not releasing) tells the upstream we stopped listening: that is how a client's
-            # disconnect cancels a modern-era request upstream.
-            response.close()
+            if finished:
+                response.release()
+            else:
+                # Closing (not releasing) tells the upstream we stopped listening: that is how a client's
+                # disconnect cancels a modern-era request upstream.
+                response.close()
+
+
+FINISH_GRACE_SECONDS = 0.05
+"""How long an upstream may take to end an SSE stream after its answer before we drop the connection."""
+FINISH_MAX_BYTES = 65_536
+
+
+async def _finish_body(response: aiohttp.ClientResponse) -> bool:
+    """Read what is left of a response after its final message; True when it ended cleanly and in time."""
+    seen = 0
+    try:
+        async with asyncio.timeout(FINISH_GRACE_SECONDS):
+            while chunk := await response.content.readany():
+                seen += len(chunk)
+                if seen > FINISH_MAX_BYTES:
+                    return False
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+    return True
 
 
 def _parse_upstream(name: str, data: bytes, max_depth: int) -> Message:
