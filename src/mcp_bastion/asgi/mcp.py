@@ -67,17 +67,20 @@ class MCPEndpoint:
         task = asyncio.current_task()
         assert task is not None
         # Closing the connection is how a client cancels (the only way in the 2026-07-28 era): watch for
-        # it once the body is in, and cancel the exchange, which closes the upstream request in turn.
-        watcher = asyncio.create_task(_watch_disconnect(receive, body_read, task))
+        # it once the body is in, and cancel the exchange, which closes the upstream request in turn. Most
+        # calls finish in a few milliseconds, so the watcher task is only started for those that don't.
+        watch = Watch(receive, body_read, task)
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, watch.start)
         try:
             await self._respond(exchange, send)
         except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled():
+            if watch.fired:
                 task.uncancel()
                 return
             raise
         finally:
-            watcher.cancel()
+            timer.cancel()
+            watch.stop()
 
     async def _respond(self, exchange: Exchange, send: Send) -> None:
         items = self.gate.run(exchange)
@@ -232,13 +235,35 @@ async def _read_body(
     return b"".join(chunks)
 
 
-async def _watch_disconnect(receive: Receive, body_read: asyncio.Event, task: asyncio.Task[Any]) -> None:
-    await body_read.wait()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            task.cancel()
-            return
+WATCH_AFTER_SECONDS = 0.05
+"""Exchanges running longer than this get a task watching for the client's disconnect."""
+
+
+class Watch:
+    """Cancels the exchange's task when the client disconnects (started late; see ``MCPEndpoint``)."""
+
+    def __init__(self, receive: Receive, body_read: asyncio.Event, task: asyncio.Task[Any]) -> None:
+        self._receive = receive
+        self._body_read = body_read
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self.fired = False
+
+    def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch())
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        await self._body_read.wait()
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.fired = True
+                self._task.cancel()
+                return
 
 
 def _request_id() -> str:

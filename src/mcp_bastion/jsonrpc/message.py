@@ -63,7 +63,7 @@ def parse_body(data: bytes, *, max_depth: int) -> Body:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ParseFailed(f"invalid JSON: {exc}") from exc
-    check_depth(value, max_depth)
+    _check_depth_of(data, value, max_depth)
     if isinstance(value, list):
         if not value:
             raise MalformedRequest("empty batch", reason="empty_batch")
@@ -77,8 +77,19 @@ def parse_message(data: bytes | str, *, max_depth: int) -> Message:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ParseFailed(f"invalid JSON: {exc}") from exc
-    check_depth(value, max_depth)
+    _check_depth_of(data, value, max_depth)
     return classify(value)
+
+
+def _check_depth_of(data: bytes | str, value: object, max_depth: int) -> None:
+    """``check_depth``, skipped when the text holds too few brackets to nest that deep (the common case).
+
+    Every container opens with ``[`` or ``{``, so their count bounds the nesting; counting bytes in C is
+    ~50x cheaper than walking the decoded value.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") > max_depth:
+        check_depth(value, max_depth)
 
 
 def check_depth(value: object, max_depth: int) -> None:
