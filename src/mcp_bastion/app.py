@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcp_bastion.asgi.app import BastionApp, json_document
 from mcp_bastion.asgi.mcp import MCPEndpoint
+from mcp_bastion.audit.record import connection_record
 from mcp_bastion.audit.sink import AuditSink, FileSink, StreamSink
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
@@ -95,6 +97,10 @@ class Gateway:
         for keys in self.remote_keys:
             await keys.aclose()
         self.audit.close()
+
+    def refused_connection(self, reason: str, remote: str) -> None:
+        """Audit a connection the HTTP layer refused before the gate saw a request (see ``tls.headguard``)."""
+        self.audit.emit(connection_record(reason, remote, request_id=secrets.token_hex(8)))
 
     async def _reap(self) -> None:
         while True:

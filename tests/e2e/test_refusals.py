@@ -248,6 +248,8 @@ async def test_oversized_headers_are_refused(gw: RunningGateway) -> None:
     async with gw.http(gw.token()) as http:
         response = await http.post(gw.url("up"), json=call(), headers={**MODERN_HEADERS, "x-pad": "a" * 40_000})
     assert response.status_code in (400, 431)
+    record = last_audit(gw)
+    assert (record["method"], record["decision"], record["reason"]) == ("(connection)", "deny", "headers_too_large")
 
 
 async def test_session_of_another_identity_is_refused(gw: RunningGateway) -> None:
@@ -310,6 +312,8 @@ async def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
                     except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError):
                         pass
     assert b"200 OK" not in data
+    record = gw.audit()[-1]
+    assert (record["method"], record["decision"], record["reason"]) == ("(connection)", "deny", "header_timeout")
 
 
 async def test_dead_upstream_gives_clear_error_and_gateway_stays_up(tmp_path: Path) -> None:

@@ -84,3 +84,25 @@ def _reason(exchange: Exchange) -> str:
         # The stream closed without an answer: cancelled, or the server will answer on a resumed stream.
         return "stream_closed"
     return "ok"
+
+
+def connection_record(reason: str, remote: str, *, request_id: str, now: float | None = None) -> JSONObject:
+    """The record of a connection refused before any request reached the gate (slow or oversized head)."""
+    return {
+        "time": datetime.fromtimestamp(time.time() if now is None else now, UTC).isoformat(timespec="milliseconds"),
+        "request_id": request_id,
+        "principal": None,
+        "issuer": None,
+        "client": None,
+        "auth": None,
+        "server": None,
+        "method": "(connection)",
+        "target": None,
+        "jsonrpc_id": None,
+        "decision": "deny",
+        "reason": reason,
+        "status": 400 if reason == "headers_too_large" else None,
+        "error_code": None,
+        "latency_ms": None,
+        "remote": remote,
+    }

@@ -54,6 +54,7 @@ def make_server(gateway: Gateway, context: ssl.SSLContext | None, *, port: int |
         context,
         header_timeout=settings.limits.header_timeout,
         max_head_bytes=settings.limits.max_header_bytes,
+        on_refusal=gateway.refused_connection,
     )
     return uvicorn.Server(config)
 

@@ -22,6 +22,8 @@ from mcp_bastion.tls.headguard import (
     DEFAULT_MAX_HEAD_BYTES,
     HEAD_TOO_LARGE,
     HeadDeadline,
+    Refusal,
+    peer_of,
 )
 from mcp_bastion.tls.peercert import read_tls_info, with_tls
 
@@ -33,6 +35,8 @@ class _BoundedHeadConnection(h11.Connection):
         # h11 itself refuses an incomplete head once its buffer holds more than this.
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
         self._max_head_bytes = max_head_bytes
+        self.refused = False
+        """Set when a complete head over the limit was refused (the protocol reports it for the audit)."""
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         event = super().next_event()
@@ -41,6 +45,7 @@ class _BoundedHeadConnection(h11.Connection):
             size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
             size += sum(len(name) + len(value) + len(b": \r\n") for name, value in event.headers)
             if size > self._max_head_bytes:
+                self.refused = True
                 # Raised before uvicorn sees the Request, so the app is never called.
                 raise h11.RemoteProtocolError(HEAD_TOO_LARGE, error_status_hint=431)
         return event
@@ -53,6 +58,8 @@ class TLSH11Protocol(H11Protocol):
     """Seconds until a connection whose request head is incomplete is aborted; ``None`` disables."""
     max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
     """Largest request head accepted."""
+    refusal_hooks: ClassVar[tuple[Refusal, ...]] = ()
+    """Told about connections refused before the app is called (for the audit log)."""
 
     def __init__(
         self,
@@ -62,18 +69,23 @@ class TLSH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.conn = _BoundedHeadConnection(self.max_head_bytes)
+        self._bounded = _BoundedHeadConnection(self.max_head_bytes)
+        self.conn = self._bounded
         self._deadline: HeadDeadline | None = None
+        self._reported = False
 
     @classmethod
-    def configured(cls, *, header_timeout: float | None, max_head_bytes: int) -> type[TLSH11Protocol]:
+    def configured(
+        cls, *, header_timeout: float | None, max_head_bytes: int, on_refusal: Refusal | None = None
+    ) -> type[TLSH11Protocol]:
         """A subclass carrying these limits: uvicorn instantiates the class itself, so they live on it."""
-        return type(cls.__name__, (cls,), {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes})
+        limits = {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes}
+        return type(cls.__name__, (cls,), {**limits, "refusal_hooks": (on_refusal,) if on_refusal else ()})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Arming here also catches a client that connects and never sends a byte.
-        self._deadline = HeadDeadline(self.loop, transport, self.header_timeout)
+        self._deadline = HeadDeadline(self.loop, transport, self.header_timeout, self._report)
         self._deadline.arm()
         info = read_tls_info(transport)
         if info is not None:
@@ -81,6 +93,9 @@ class TLSH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._bounded.refused and not self._reported:
+            self._reported = True
+            self._report("headers_too_large", peer_of(self.transport))
         if self._deadline is None:
             return
         # Still IDLE after new bytes arrived: part of a request head is buffered, the rest is missing.
@@ -88,6 +103,10 @@ class TLSH11Protocol(H11Protocol):
             self._deadline.arm()
         else:
             self._deadline.disarm()
+
+    def _report(self, reason: str, peer: str) -> None:
+        for hook in self.refusal_hooks:
+            hook(reason, peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:

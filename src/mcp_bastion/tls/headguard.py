@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 DEFAULT_HEADER_TIMEOUT: Final = 10.0
@@ -24,13 +25,30 @@ HEAD_TOO_LARGE: Final = "Request header fields too large."
 """Why an oversized head was refused (the 400 body, or the parser error uvicorn logs)."""
 
 
+Refusal = Callable[[str, str], None]
+"""Told ``(reason, peer address)`` when a connection is refused before the app sees a request, so the
+refusal is audited like every other: ``header_timeout`` or ``headers_too_large``."""
+
+
+def peer_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+
+
 class HeadDeadline:
     """Aborts a transport unless ``disarm`` is called within ``seconds`` of ``arm``."""
 
-    __slots__ = ("_handle", "_loop", "_seconds", "_transport")
+    __slots__ = ("_handle", "_loop", "_on_expire", "_seconds", "_transport")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, seconds: float | None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        seconds: float | None,
+        on_expire: Refusal | None = None,
+    ) -> None:
         self._loop, self._transport, self._seconds = loop, transport, seconds
+        self._on_expire = on_expire
         self._handle: asyncio.TimerHandle | None = None
 
     def arm(self) -> None:
@@ -49,4 +67,6 @@ class HeadDeadline:
         # abort, not close: close would wait (asyncio's TLS shutdown timeout is 30 s) for a peer that is
         # slow on purpose, and there is nothing of ours to flush.
         if not self._transport.is_closing():
+            if self._on_expire is not None:
+                self._on_expire("header_timeout", peer_of(self._transport))
             self._transport.abort()

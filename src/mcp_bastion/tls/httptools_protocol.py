@@ -28,6 +28,8 @@ from mcp_bastion.tls.headguard import (
     DEFAULT_MAX_HEAD_BYTES,
     HEAD_TOO_LARGE,
     HeadDeadline,
+    Refusal,
+    peer_of,
 )
 from mcp_bastion.tls.peercert import read_tls_info, with_tls
 
@@ -43,6 +45,8 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
     """Seconds until a connection whose request head is incomplete is aborted; ``None`` disables."""
     max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
     """Largest request head accepted."""
+    refusal_hooks: ClassVar[tuple[Refusal, ...]] = ()
+    """Told about connections refused before the app is called (for the audit log)."""
 
     def __init__(
         self,
@@ -60,14 +64,17 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
         """Bytes read since the current head began, counted while it is incomplete (an upper bound)."""
 
     @classmethod
-    def configured(cls, *, header_timeout: float | None, max_head_bytes: int) -> type[TLSHttpToolsProtocol]:
+    def configured(
+        cls, *, header_timeout: float | None, max_head_bytes: int, on_refusal: Refusal | None = None
+    ) -> type[TLSHttpToolsProtocol]:
         """A subclass carrying these limits: uvicorn instantiates the class itself, so they live on it."""
-        return type(cls.__name__, (cls,), {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes})
+        limits = {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes}
+        return type(cls.__name__, (cls,), {**limits, "refusal_hooks": (on_refusal,) if on_refusal else ()})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Arming here also catches a client that connects and never sends a byte.
-        self._deadline = HeadDeadline(self.loop, transport, self.header_timeout)
+        self._deadline = HeadDeadline(self.loop, transport, self.header_timeout, self._report)
         self._deadline.arm()
         info = read_tls_info(transport)
         if info is not None:
@@ -79,7 +86,12 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
             return
         self._head_received += len(data)
         if self._head_received > self.max_head_bytes:
+            self._refused()
             self.send_400_response(HEAD_TOO_LARGE)
+
+    def _report(self, reason: str, peer: str) -> None:
+        for hook in self.refusal_hooks:
+            hook(reason, peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -111,4 +123,8 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
     def _count(self, size: int) -> None:
         self._head_parsed += size
         if self._head_parsed > self.max_head_bytes:
+            self._refused()
             raise _HeadTooLarge(HEAD_TOO_LARGE)
+
+    def _refused(self) -> None:
+        self._report("headers_too_large", peer_of(self.transport))

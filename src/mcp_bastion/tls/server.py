@@ -35,7 +35,7 @@ from typing import Any, Final
 import uvicorn
 
 from mcp_bastion.tls.h11_protocol import TLSH11Protocol
-from mcp_bastion.tls.headguard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEAD_BYTES
+from mcp_bastion.tls.headguard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEAD_BYTES, Refusal
 from mcp_bastion.tls.peercert import ASGIApp
 
 DEFAULT_LIMIT_CONCURRENCY: Final = 1024
@@ -47,14 +47,22 @@ GRACEFUL_SHUTDOWN_SECONDS: Final = 30
 
 
 def protocol_class(
-    *, header_timeout: float | None = DEFAULT_HEADER_TIMEOUT, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    *,
+    header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    on_refusal: Refusal | None = None,
 ) -> type[asyncio.Protocol]:
     """The HTTP protocol uvicorn should run: httptools when installed (fastest), else h11."""
+    limits: dict[str, Any] = {
+        "header_timeout": header_timeout,
+        "max_head_bytes": max_head_bytes,
+        "on_refusal": on_refusal,
+    }
     try:
         from mcp_bastion.tls.httptools_protocol import TLSHttpToolsProtocol
     except ImportError:
-        return TLSH11Protocol.configured(header_timeout=header_timeout, max_head_bytes=max_head_bytes)
-    return TLSHttpToolsProtocol.configured(header_timeout=header_timeout, max_head_bytes=max_head_bytes)
+        return TLSH11Protocol.configured(**limits)
+    return TLSHttpToolsProtocol.configured(**limits)
 
 
 def make_uvicorn_config(
@@ -66,6 +74,7 @@ def make_uvicorn_config(
     header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY,
+    on_refusal: Refusal | None = None,
     **overrides: Any,
 ) -> uvicorn.Config:
     """A uvicorn ``Config`` serving ``app`` with ``ssl_context`` (``None``: plain HTTP, tests only).
@@ -74,7 +83,7 @@ def make_uvicorn_config(
     ``loop="asyncio"``; every default above is the secure one.
     """
     options: dict[str, Any] = {
-        "http": protocol_class(header_timeout=header_timeout, max_head_bytes=max_head_bytes),
+        "http": protocol_class(header_timeout=header_timeout, max_head_bytes=max_head_bytes, on_refusal=on_refusal),
         "loop": "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio",
         "ws": "none",
         "interface": "asgi3",
