@@ -1,7 +1,7 @@
 """Child processes behind stdio upstreams: spawn, supervise, restart with backoff, stop within a bound.
 
 ``ChildProcess`` is one running child; ``Supervisor`` keeps one child running for a ``LineHandler``
-(the routing layer in ``upstream.stdio``) and restarts it when it dies.
+(the routing layer in ``upstream.link``) and restarts it when it dies.
 
 Invariants:
 - a child's environment is exactly the configured variables plus ``PATH``: the gateway's own environment
