@@ -13,11 +13,8 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import secrets
-import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,6 +27,7 @@ from joserfc.jwk import ECKey
 
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.oauth.jwks import KeySet
+from mcp_bastion.privatefile import read_private, write_atomic
 
 ALGORITHM: Final = "ES256"
 MAX_KEY_FILE_BYTES: Final = 16 * 1024
@@ -39,20 +37,7 @@ _RESERVED_CLAIMS: Final = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "
 
 
 def _read_key_file(path: Path) -> ECKey:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ConfigError(f"cannot open issuer key file {path}: {exc}") from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"issuer key file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"issuer key file {path} has mode {stat.S_IMODE(info.st_mode):o}; "
-                "it holds a private key and must not be readable by group or others (chmod 600)"
-            )
-        data = file.read(MAX_KEY_FILE_BYTES + 1)
+    data = read_private(path, "issuer key file", max_bytes=MAX_KEY_FILE_BYTES)
     try:
         key = ECKey.import_key(orjson.loads(data))
     except (orjson.JSONDecodeError, JoseError, ValueError, TypeError, KeyError) as exc:
@@ -66,26 +51,8 @@ def _create_key_file(path: Path) -> None:
     """Write a new key to ``path`` unless the file appears meanwhile (then the existing one wins)."""
     key = ECKey.generate_key("P-256", private=True)
     key.ensure_kid()
-    data = orjson.dumps(key.as_dict(private=True))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temporary, flags, 0o600)  # the mode applies at creation: never briefly readable by others
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        # link() fails if the name exists, unlike replace(): a concurrent creator's key is never overwritten.
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, orjson.dumps(key.as_dict(private=True)), keep_existing=True)
 
 
 @final

@@ -23,7 +23,6 @@ import ipaddress
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mcp_bastion.errors import ConfigError
+from mcp_bastion.privatefile import check_private, write_atomic
 
 CA_VALIDITY: Final = timedelta(days=3652)
 """Ten years: the CA is distributed to clients by hand, so it should rarely change."""
@@ -133,7 +133,7 @@ def _ensure_ca(state_dir: Path, now: datetime) -> tuple[x509.Certificate, ec.Ell
         # two writes) may be replaced.
         cert, key = _new_ca(now)
         _write_private_key(key_path, key)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         return cert, key
     if not key_path.exists():
         raise ConfigError(f"local CA: {cert_path} exists but its key {key_path} is missing")
@@ -166,7 +166,7 @@ def _ensure_server(
     cert, key = _new_server_cert(ca_cert, ca_key, wanted, now)
     # Key first: a crash in between leaves a mismatched pair, which the next start detects and re-issues.
     _write_private_key(key_path, key)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def _server_cert_usable(
@@ -280,14 +280,7 @@ def _spki_of(cert: x509.Certificate) -> bytes:
 
 
 def _check_key_mode(path: Path) -> None:
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"tls key file {path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise ConfigError(
-            f"tls key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must not be readable "
-            "by group or others (chmod 600, and consider the key compromised)"
-        )
+    check_private(path, "tls key file")
 
 
 def _ensure_private_dir(path: Path) -> None:
@@ -301,39 +294,7 @@ def _ensure_private_dir(path: Path) -> None:
 
 def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_atomic(path, pem, 0o600)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a mix.
-
-    The temporary file is created with ``mode`` (O_EXCL, no symlink following), so there is no moment
-    at which a private key sits in a file with wider permissions.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, mode)
-        with os.fdopen(fd, "wb") as handle:
-            # The umask can only have removed bits; set the exact mode (e.g. owner write under umask 277).
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable, so a power loss cannot bring back the previous file.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, pem)
 
 
 @contextmanager
