@@ -62,8 +62,12 @@ def read_private(path: Path, what: str, *, max_bytes: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"cannot open {what} {path}: {exc.strerror}") from exc
+    try:
+        _check_mode(os.fstat(fd), path, what)  # before fdopen, which refuses directories on its own terms
+    except ConfigError:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "rb") as handle:
-        _check_mode(os.fstat(handle.fileno()), path, what)
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ConfigError(f"{what} {path} is larger than {max_bytes} bytes")
