@@ -10,7 +10,7 @@ Pin note: relies on uvicorn 0.54 internals — ``self.app`` (the app each reques
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 import h11
 from uvicorn.config import Config
@@ -18,11 +18,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from mcp_bastion.tls.headguard import (
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_HEAD_BYTES,
     HEAD_TOO_LARGE,
-    HeadDeadline,
-    Refusal,
+    HeadGuard,
     peer_of,
 )
 from mcp_bastion.tls.peercert import read_tls_info, with_tls
@@ -51,15 +48,8 @@ class _BoundedHeadConnection(h11.Connection):
         return event
 
 
-class TLSH11Protocol(H11Protocol):
+class TLSH11Protocol(HeadGuard, H11Protocol):
     """uvicorn's ``H11Protocol`` plus TLS facts in the scope, a header timeout and a head-size limit."""
-
-    header_timeout: ClassVar[float | None] = DEFAULT_HEADER_TIMEOUT
-    """Seconds until a connection whose request head is incomplete is aborted; ``None`` disables."""
-    max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
-    """Largest request head accepted."""
-    refusal_hooks: ClassVar[tuple[Refusal, ...]] = ()
-    """Told about connections refused before the app is called (for the audit log)."""
 
     def __init__(
         self,
@@ -71,22 +61,11 @@ class TLSH11Protocol(H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self._bounded = _BoundedHeadConnection(self.max_head_bytes)
         self.conn = self._bounded
-        self._deadline: HeadDeadline | None = None
         self._reported = False
-
-    @classmethod
-    def configured(
-        cls, *, header_timeout: float | None, max_head_bytes: int, on_refusal: Refusal | None = None
-    ) -> type[TLSH11Protocol]:
-        """A subclass carrying these limits: uvicorn instantiates the class itself, so they live on it."""
-        limits = {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes}
-        return type(cls.__name__, (cls,), {**limits, "refusal_hooks": (on_refusal,) if on_refusal else ()})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Arming here also catches a client that connects and never sends a byte.
-        self._deadline = HeadDeadline(self.loop, transport, self.header_timeout, self._report)
-        self._deadline.arm()
+        self._start_deadline(self.loop, transport)
         info = read_tls_info(transport)
         if info is not None:
             self.app = with_tls(self.app, info)
@@ -103,10 +82,6 @@ class TLSH11Protocol(H11Protocol):
             self._deadline.arm()
         else:
             self._deadline.disarm()
-
-    def _report(self, reason: str, peer: str) -> None:
-        for hook in self.refusal_hooks:
-            hook(reason, peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:

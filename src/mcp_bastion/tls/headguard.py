@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final
+from typing import ClassVar, Final, Self
 
 DEFAULT_HEADER_TIMEOUT: Final = 10.0
 """Seconds a client has to deliver a complete request head (``limits.header_timeout``)."""
@@ -70,3 +70,35 @@ class HeadDeadline:
             if self._on_expire is not None:
                 self._on_expire("header_timeout", peer_of(self._transport))
             self._transport.abort()
+
+
+class HeadGuard:
+    """Mixin for the uvicorn protocol subclasses: the limits (class attributes, since uvicorn instantiates
+    the class itself), the head deadline of each connection, and refusal reports for the audit log."""
+
+    header_timeout: ClassVar[float | None] = DEFAULT_HEADER_TIMEOUT
+    """Seconds until a connection whose request head is incomplete is aborted; ``None`` disables."""
+    max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
+    """Largest request head accepted."""
+    refusal_hooks: ClassVar[tuple[Refusal, ...]] = ()
+    """Told about connections refused before the app is called."""
+
+    _deadline: HeadDeadline | None = None
+
+    @classmethod
+    def configured(
+        cls, *, header_timeout: float | None, max_head_bytes: int, on_refusal: Refusal | None = None
+    ) -> type[Self]:
+        """A subclass carrying these limits."""
+        hooks = (on_refusal,) if on_refusal else ()
+        attributes = {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes, "refusal_hooks": hooks}
+        return type(cls.__name__, (cls,), attributes)
+
+    def _start_deadline(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+        # Arming at connection time also catches a client that connects and never sends a byte.
+        self._deadline = HeadDeadline(loop, transport, self.header_timeout, self._report)
+        self._deadline.arm()
+
+    def _report(self, reason: str, peer: str) -> None:
+        for hook in self.refusal_hooks:
+            hook(reason, peer)

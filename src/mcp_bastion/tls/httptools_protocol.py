@@ -17,18 +17,15 @@ surfaces as one) with a 400 and a close. ``tests/tls`` covers each.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from mcp_bastion.tls.headguard import (
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_HEAD_BYTES,
     HEAD_TOO_LARGE,
-    HeadDeadline,
-    Refusal,
+    HeadGuard,
     peer_of,
 )
 from mcp_bastion.tls.peercert import read_tls_info, with_tls
@@ -38,15 +35,8 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback; httptools turns it into ``HttpParserCallbackError`` -> 400."""
 
 
-class TLSHttpToolsProtocol(HttpToolsProtocol):
+class TLSHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
     """uvicorn's ``HttpToolsProtocol`` plus TLS facts in the scope, a header timeout and a head limit."""
-
-    header_timeout: ClassVar[float | None] = DEFAULT_HEADER_TIMEOUT
-    """Seconds until a connection whose request head is incomplete is aborted; ``None`` disables."""
-    max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
-    """Largest request head accepted."""
-    refusal_hooks: ClassVar[tuple[Refusal, ...]] = ()
-    """Told about connections refused before the app is called (for the audit log)."""
 
     def __init__(
         self,
@@ -56,26 +46,15 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._deadline: HeadDeadline | None = None
         self._in_head = False
         self._head_parsed = 0
         """Bytes of the current head's target and complete header fields."""
         self._head_received = 0
         """Bytes read since the current head began, counted while it is incomplete (an upper bound)."""
 
-    @classmethod
-    def configured(
-        cls, *, header_timeout: float | None, max_head_bytes: int, on_refusal: Refusal | None = None
-    ) -> type[TLSHttpToolsProtocol]:
-        """A subclass carrying these limits: uvicorn instantiates the class itself, so they live on it."""
-        limits = {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes}
-        return type(cls.__name__, (cls,), {**limits, "refusal_hooks": (on_refusal,) if on_refusal else ()})
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Arming here also catches a client that connects and never sends a byte.
-        self._deadline = HeadDeadline(self.loop, transport, self.header_timeout, self._report)
-        self._deadline.arm()
+        self._start_deadline(self.loop, transport)
         info = read_tls_info(transport)
         if info is not None:
             self.app = with_tls(self.app, info)
@@ -88,10 +67,6 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
         if self._head_received > self.max_head_bytes:
             self._refused()
             self.send_400_response(HEAD_TOO_LARGE)
-
-    def _report(self, reason: str, peer: str) -> None:
-        for hook in self.refusal_hooks:
-            hook(reason, peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
