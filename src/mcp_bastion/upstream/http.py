@@ -32,7 +32,7 @@ from mcp_bastion.exchange import Principal
 from mcp_bastion.jsonrpc.message import Message, parse_message
 from mcp_bastion.tls.context import upstream_context
 from mcp_bastion.upstream.base import Channel, Event, Reply, no_events, one_event
-from mcp_bastion.upstream.h1 import BodyTooLarge, H1Error, H1Response
+from mcp_bastion.upstream.h1 import BodyTooLarge, H1Error, H1Response, ProtocolError
 from mcp_bastion.upstream.h1pool import H1Pool
 from mcp_bastion.upstream.sse import SSEParser
 
@@ -140,6 +140,9 @@ class HTTPChannel:
             return await up.http.request(method, up.target, headers, body, deadline=deadline)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{up.name}: {method} timed out") from exc
+        except ProtocolError as exc:
+            # It answered, but not in HTTP: the upstream is reachable and broken.
+            raise UpstreamError(f"{up.name}: {exc}", reason="upstream_bad_reply") from exc
         except H1Error as exc:
             raise UpstreamError(f"{up.name}: {type(exc).__name__}: {exc}", reason="upstream_unreachable") from exc
 
