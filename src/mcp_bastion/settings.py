@@ -101,6 +101,37 @@ class AuthSettings(_Model):
     token_leeway_seconds: int = Field(30, ge=0, le=300)
 
 
+class OAuthServerSettings(_Model):
+    """The built-in OAuth 2.1 authorization server (issuer = the gateway's public URL)."""
+
+    enabled: bool = True
+    access_token_lifetime: int = Field(300, ge=30, le=3600)
+    """Seconds an access token lives (RFC 9068 JWT); capped at one hour."""
+    refresh_grace_seconds: float = Field(5.0, ge=0, le=60)
+    """A concurrent duplicate refresh within this window gets the same new pair instead of killing the family."""
+    refresh_family_lifetime: int = Field(30 * 86400, ge=3600, le=365 * 86400)
+    """Absolute lifetime of a refresh token family (a login), however often it is refreshed."""
+    registration: Literal["open", "token", "off"] = "open"
+    """Dynamic client registration (RFC 7591): open, requiring an initial access token, or off."""
+    registration_token: str | None = None
+    """The initial access token when ``registration = "token"`` (a reference: ``env:NAME`` or ``file:/path``)."""
+    client_id_metadata_documents: bool = True
+    """Accept an https URL as client_id and fetch its metadata document (with an SSRF guard)."""
+    allow_private_metadata_hosts: bool = False
+    """Let client metadata documents live on loopback/private addresses (tests only)."""
+
+    @model_validator(mode="after")
+    def _token_for_token_mode(self) -> OAuthServerSettings:
+        if self.registration == "token" and not self.registration_token:
+            raise ValueError('registration = "token" needs registration_token')
+        return self
+
+
+class StorageSettings(_Model):
+    url: str | None = None
+    """SQLAlchemy URL; default ``sqlite+aiosqlite:///<state_dir>/bastion.db``. PostgreSQL: ``postgresql+asyncpg://…``."""
+
+
 class AuditSettings(_Model):
     path: Path | None = None
     """JSON-lines file; defaults to ``<state_dir>/audit.jsonl``. ``-`` writes to standard output."""
@@ -123,6 +154,8 @@ class UpstreamSettings(_Model):
     allow_insecure_http: bool = False
     allow_methods: tuple[str, ...] = ()
     """Extra JSON-RPC methods forwarded to this upstream besides the MCP ones."""
+    scopes: Mapping[str, str] = Field(default_factory=dict)
+    """OAuth scopes this server's tokens may carry, each with the words the consent page shows."""
     deny_methods: tuple[str, ...] = ()
     """MCP methods refused for this upstream."""
 
@@ -182,6 +215,8 @@ class Settings(_Model):
     server: ServerSettings = ServerSettings()
     tls: TLSSettings = TLSSettings()
     auth: AuthSettings = AuthSettings()
+    oauth: OAuthServerSettings = OAuthServerSettings()
+    storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
     audit: AuditSettings = AuditSettings()
     upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
@@ -205,6 +240,8 @@ class Settings(_Model):
                 found.append(f"upstreams.{name}.allow_insecure_http = true: upstream traffic is not encrypted")
             if upstream.allow_methods:
                 found.append(f"upstreams.{name}.allow_methods forwards non-MCP methods: {upstream.allow_methods}")
+        if self.oauth.allow_private_metadata_hosts:
+            found.append("oauth.allow_private_metadata_hosts = true: client metadata fetched from private hosts")
         for issuer in self.auth.issuers:
             if issuer.allow_insecure_http:
                 found.append(f"auth.issuers[{issuer.issuer}].allow_insecure_http = true: JWKS fetched over http")
