@@ -6,7 +6,8 @@ Routes are few and fixed, so they are matched by hand (no framework on the hot p
 - ``/mcp/<server>``: POST, GET, DELETE -> ``MCPEndpoint`` (everything else 405);
 - ``/.well-known/oauth-protected-resource/mcp/<server>``: the RFC 9728 document;
 - other fixed JSON documents (the local issuer's JWKS), ``/healthz``;
-- anything else: 404.
+- anything else goes to the ``web`` app when there is one (the authorization server's endpoints and its
+  login and consent pages, a Starlette router), else 404.
 
 This is one of the two places that catch ``Exception`` (the other is the pipeline driver): whatever
 escapes becomes an opaque 500, logged with its traceback for the operator.
@@ -34,6 +35,9 @@ SECURITY_HEADERS = [
 ]
 
 
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
 class BastionApp:
     def __init__(
         self,
@@ -43,6 +47,7 @@ class BastionApp:
         on_startup: Callable[[], Awaitable[None]],
         on_shutdown: Callable[[], Awaitable[None]],
         https: bool = True,
+        web: ASGIApp | None = None,
     ) -> None:
         self.mcp = mcp
         self.endpoints = frozenset(mcp.upstreams)
@@ -50,6 +55,7 @@ class BastionApp:
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.extra_headers = SECURITY_HEADERS if https else SECURITY_HEADERS[:1]
+        self.web = web
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -67,7 +73,9 @@ class BastionApp:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = list(message.get("headers", [])) + extra
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [(n, v) for n, v in extra if n not in present]
             await send(message)
 
         try:
@@ -85,6 +93,9 @@ class BastionApp:
                     return
                 await guarded_send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
                 await guarded_send({"type": "http.response.body", "body": document})
+                return
+            if self.web is not None:
+                await self.web(scope, receive, guarded_send)
                 return
             await _plain_error(guarded_send, NotFound())
         except Exception:  # the ASGI top level: anything that escaped is a bug; answer opaquely
