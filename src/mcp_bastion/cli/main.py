@@ -96,3 +96,13 @@ def demo(
 
 def main() -> None:
     app()
+
+
+def _register_groups() -> None:
+    from mcp_bastion.cli import clients, users
+
+    app.add_typer(users.app, name="users")
+    app.add_typer(clients.app, name="clients")
+
+
+_register_groups()

@@ -1,0 +1,1 @@
+"""Alembic migration environment and scripts (package data; run by ``storage.migrate``)."""

@@ -1,0 +1,162 @@
+"""The tables, as SQLAlchemy declarative classes; the same schema on SQLite and PostgreSQL.
+
+Conventions:
+- times are POSIX seconds in ``DOUBLE`` columns, as in ``oauth.store`` (the callers pass ``now``);
+- secrets never appear: authorization codes, refresh tokens and client secrets are SHA-256 digests
+  (32-byte ``BLOB``/``BYTEA``), passwords are argon2id hashes; the one recoverable value, the successor
+  pair kept for the refresh grace window, is ciphertext sealed by the caller;
+- scopes are sorted JSON arrays, roles too; client metadata is one JSON document;
+- there are no foreign keys between the OAuth tables: ``OAuthStore`` does not order its writes (a code may
+  name a family written after it) and ``purge`` removes orphans itself. ``users`` stands alone too: a
+  token's ``subject`` may come from a federated identity provider, not from this table;
+- every constraint and index has a name (``NAMING``) so alembic's batch mode can recreate SQLite tables.
+
+``tests/storage/test_migrations.py`` checks that the migrations create exactly these tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import JSON, Boolean, Double, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING: Final = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DIGEST_BYTES: Final = 32
+"""SHA-256."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UserRow(Base):
+    """A local user (``identity.users``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    """A random UUID: the ``sub`` of the user's tokens (never reused, unlike a username could be)."""
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    """argon2id, PHC string format (``$argon2id$v=19$m=…,t=…,p=…$salt$hash``)."""
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    disabled: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class ClientRow(Base):
+    """``oauth.store.ClientRecord``."""
+
+    __tablename__ = "oauth_clients"
+
+    client_id: Mapped[str] = mapped_column(String, primary_key=True)
+    """An opaque id, or for ``metadata`` clients the https URL of their metadata document."""
+    kind: Mapped[str] = mapped_column(String(16))
+    client_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    """RFC 7591 metadata; the attribute is renamed because declarative classes reserve ``metadata``."""
+    secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary(DIGEST_BYTES))
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float | None] = mapped_column(Double, index=True)
+
+
+class PendingRow(Base):
+    """``oauth.store.PendingRecord``."""
+
+    __tablename__ = "oauth_pending"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    state: Mapped[str | None] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    resource: Mapped[str] = mapped_column(Text)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class CodeRow(Base):
+    """``oauth.store.CodeRecord``: ``used_at`` is set once, by a conditional UPDATE."""
+
+    __tablename__ = "oauth_codes"
+
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(DIGEST_BYTES), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String)
+    user_id: Mapped[str] = mapped_column(String)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    resource: Mapped[str] = mapped_column(Text)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    family_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+    used_at: Mapped[float | None] = mapped_column(Double)
+
+
+class FamilyRow(Base):
+    """``oauth.store.FamilyRecord``: one grant and every refresh token rotated from it."""
+
+    __tablename__ = "oauth_token_families"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String)
+    subject: Mapped[str] = mapped_column(String)
+    resource: Mapped[str] = mapped_column(Text)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+    reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class RefreshRow(Base):
+    """``oauth.store.RefreshRecord``: ``rotated_at`` is set once, by a conditional UPDATE."""
+
+    __tablename__ = "oauth_refresh_tokens"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(DIGEST_BYTES), primary_key=True)
+    family_id: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    rotated_at: Mapped[float | None] = mapped_column(Double)
+    successor: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class ConsentRow(Base):
+    """``oauth.store.ConsentRecord``: one row per (user, client, resource)."""
+
+    __tablename__ = "oauth_consents"
+
+    user_id: Mapped[str] = mapped_column(String, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String, primary_key=True)
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    granted_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+
+
+class RevokedJTIRow(Base):
+    """An access token revoked before its expiry (RFC 7009); kept until ``expires_at``."""
+
+    __tablename__ = "oauth_revoked_jtis"
+
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class AssertionJTIRow(Base):
+    """A client assertion's ``jti`` already used (RFC 7523 §3); kept until the assertion expires."""
+
+    __tablename__ = "oauth_assertion_jtis"
+
+    client_id: Mapped[str] = mapped_column(String, primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
