@@ -41,6 +41,7 @@ from mcp_bastion.tls.peercert import peer_identity
 from mcp_bastion.upstream.base import Upstream
 from mcp_bastion.upstream.http import HTTPUpstream
 from mcp_bastion.upstream.stdio import StdioUpstream
+from mcp_bastion.web import Authorization, build_authorization
 
 log = logging.getLogger("mcp_bastion")
 
@@ -64,6 +65,8 @@ class Gateway:
     resources: dict[str, str]
     """Endpoint name -> its resource URL (the audience its tokens must carry)."""
     remote_keys: list[RemoteKeySet] = field(default_factory=list)
+    authorization: Authorization | None = None
+    """The built-in authorization server, its storage and pages (``oauth.enabled``)."""
     app: BastionApp = field(init=False)
     _reaper: asyncio.Task[None] | None = None
 
@@ -74,11 +77,14 @@ class Gateway:
             on_startup=self.startup,
             on_shutdown=self.shutdown,
             https=not self.settings.server.allow_insecure_http,
+            web=self.authorization.app if self.authorization is not None else None,
         )
 
     async def startup(self) -> None:
         for message in self.settings.warnings():
             log.warning("INSECURE: %s", message)
+        if self.authorization is not None:
+            await self.authorization.startup()
         for keys in self.remote_keys:
             await keys.refresh()
         for upstream in self.upstreams.values():
@@ -96,6 +102,8 @@ class Gateway:
             await upstream.aclose()
         for keys in self.remote_keys:
             await keys.aclose()
+        if self.authorization is not None:
+            await self.authorization.shutdown()
         self.audit.close()
 
     def refused_connection(self, reason: str, remote: str) -> None:
@@ -135,7 +143,17 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         trusted.append(TrustedIssuer(issuer.issuer, keys, algorithms=frozenset(issuer.algorithms)))
     if not trusted and not server.dangerously_allow_unauthenticated and settings.tls.client_auth is None:
         raise ConfigError("no way to authenticate: enable auth.local_issuer, add auth.issuers or tls.client_auth")
-    verifier = AccessTokenVerifier(trusted, leeway_seconds=settings.auth.token_leeway_seconds)
+    authorization: Authorization | None = None
+    if settings.oauth.enabled:
+        if local_issuer is None:
+            raise ConfigError("oauth.enabled needs auth.local_issuer (the authorization server signs with it)")
+        authorization = build_authorization(settings, resources, local_issuer, secure=not server.allow_insecure_http)
+    verifier = AccessTokenVerifier(
+        trusted,
+        leeway_seconds=settings.auth.token_leeway_seconds,
+        # Revoked grants and tokens of our own issuer are refused on every call (fail closed on store errors).
+        revocation=authorization.server if authorization is not None else None,
+    )
 
     limits = settings.limits
     upstreams = {name: build_upstream(name, up, settings) for name, up in settings.upstreams.items()}
@@ -181,7 +199,17 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         body_timeout=limits.body_timeout,
     )
     return Gateway(
-        settings, endpoint, documents, gate, sessions, upstreams, audit_sink, local_issuer, resources, remote
+        settings,
+        endpoint,
+        documents,
+        gate,
+        sessions,
+        upstreams,
+        audit_sink,
+        local_issuer,
+        resources,
+        remote,
+        authorization,
     )
 
 
@@ -234,8 +262,11 @@ def _documents(
     documents: dict[str, bytes] = {"/healthz": b'{"status":"ok"}'}
     for name, resource in resources.items():
         path = metadata_urls[name][len(settings.server.base_url) :]
+        scopes = sorted(settings.upstreams[name].scopes)
         documents[path] = json_document(
-            protected_resource_metadata(resource=resource, authorization_servers=servers, resource_name=name)
+            protected_resource_metadata(
+                resource=resource, authorization_servers=servers, scopes_supported=scopes, resource_name=name
+            )
         )
     if issuer is not None:
         documents[JWKS_PATH] = json_document(issuer.public_keys().as_jwks())
