@@ -13,7 +13,7 @@ def test_document() -> None:
     document = make_world().server.metadata()
     assert document == {
         "issuer": "https://as.example",
-        "authorization_endpoint": "https://as.example/oauth/authorize",
+        "authorization_endpoint": "https://as.example/authorize",
         "token_endpoint": "https://as.example/oauth/token",
         "registration_endpoint": "https://as.example/oauth/register",
         "revocation_endpoint": "https://as.example/oauth/revoke",

@@ -83,6 +83,9 @@ class MCPEndpoint:
             watch.stop()
 
     async def _respond(self, exchange: Exchange, send: Send) -> None:
+        if exchange.http.method == "GET":
+            await self._listen(exchange, send)
+            return
         items = self.gate.run(exchange)
         async with contextlib.aclosing(items):
             first = await anext(items, None)
@@ -111,6 +114,29 @@ class MCPEndpoint:
                 await _send_event(send, ex, item)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         await self._end_failed_initialize(exchange)
+
+    async def _listen(self, exchange: Exchange, send: Send) -> None:
+        """The GET stream: headers go out as soon as the upstream opened its stream, events as they come."""
+        opened = False
+
+        async def open_stream(_: Exchange) -> None:
+            nonlocal opened
+            opened = True
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+
+        items = self.gate.run(exchange, on_open=open_stream)
+        async with contextlib.aclosing(items):
+            async for ex, item in items:
+                if not opened:
+                    if isinstance(item, Refusal):  # refused before the stream opened: a plain HTTP error
+                        await self._refuse(ex, item, send)
+                        return
+                    await open_stream(ex)
+                await _send_event(send, ex, item)
+        if opened:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await _send_empty(send, 200)
 
     def _session_header(self, exchange: Exchange) -> Headers:
         session = exchange.maybe_session

@@ -48,7 +48,7 @@ class Endpoints:
         base = issuer.rstrip("/")
         return cls(
             issuer=issuer,
-            authorization=base + "/oauth/authorize",
+            authorization=base + "/authorize",
             token=base + "/oauth/token",
             registration=base + "/oauth/register",
             revocation=base + "/oauth/revoke",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -54,6 +54,7 @@ class Refusal:
 
 
 Outgoing = Event | Refusal
+OnOpen = Callable[[Exchange], Awaitable[None]]
 
 
 def status_of(exchange: Exchange) -> int:
@@ -81,8 +82,12 @@ class Gate:
         self.response = tuple(response)
         self._audit = audit
 
-    async def run(self, exchange: Exchange) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
-        """Admit one HTTP request, then process each of its messages. Yields (exchange, outgoing) pairs."""
+    async def run(self, exchange: Exchange, on_open: OnOpen | None = None) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
+        """Admit one HTTP request, then process each of its messages. Yields (exchange, outgoing) pairs.
+
+        ``on_open`` is awaited once an exchange was forwarded and the upstream opened a stream, before its
+        first event: a GET stream's headers must reach the client at once, not with the first event.
+        """
         try:
             for stage in self.admission:
                 await stage(exchange)
@@ -102,16 +107,18 @@ class Gate:
             exchanges = [exchange.child(message, i) for i, message in enumerate(exchange.body.messages)]
         for one in exchanges:
             # aclosing: if our consumer goes away mid-stream, the inner exchange is closed (and audited) now.
-            async with contextlib.aclosing(self._process(one)) as items:
+            async with contextlib.aclosing(self._process(one, on_open)) as items:
                 async for item in items:
                     yield item
 
-    async def _process(self, exchange: Exchange) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
+    async def _process(self, exchange: Exchange, on_open: OnOpen | None) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
         refusal: Refusal | None = None
         try:
             for stage in self.request:
                 await stage(exchange)
             reply = exchange.reply
+            if on_open is not None and reply.kind == "sse":
+                await on_open(exchange)
             async for event in reply.events:
                 for response_stage in self.response:
                     event = await response_stage(exchange, event)
