@@ -73,7 +73,7 @@ def provider(gw: RunningGateway, storage: Memory) -> OAuthClientProvider:
 
     metadata = OAuthClientMetadata(
         client_name="Test Agent",
-        redirect_uris=["http://127.0.0.1:33418/callback"],  # type: ignore[list-item]
+        redirect_uris=["http://127.0.0.1:33418/callback"],
         grant_types=["authorization_code", "refresh_token"],
         response_types=["code"],
         token_endpoint_auth_method="none",
@@ -89,10 +89,12 @@ async def test_sdk_client_logs_in_calls_refreshes_and_is_revoked(gw: RunningGate
         async with Client(streamable_http_client(gw.url("up"), http_client=http), mode="auto") as client:
             result = await client.call_tool("get_customer", {"customer_id": "C001"})
             assert not result.is_error
-    assert storage.tokens is not None and storage.client is not None
+    assert storage.tokens is not None
+    assert storage.client is not None
     first = storage.tokens
     assert first.refresh_token
-    assert first.scope and set(first.scope.split()) <= set(SCOPES)
+    assert first.scope
+    assert set(first.scope.split()) <= set(SCOPES)
     records = gw.audit()
     assert any(
         r["method"] == "tools/call" and r["principal"] and r["client"] == storage.client.client_id for r in records
@@ -138,7 +140,8 @@ async def test_refresh_token_reuse_revokes_the_family(gw: RunningGateway) -> Non
     async with httpx2.AsyncClient(verify=gw.client_ssl(), auth=provider(gw, storage), timeout=30) as http:
         async with Client(streamable_http_client(gw.url("up"), http_client=http), mode="legacy") as client:
             await client.list_tools()
-    assert storage.tokens is not None and storage.client is not None
+    assert storage.tokens is not None
+    assert storage.client is not None
     stolen = storage.tokens.refresh_token
     form = {"grant_type": "refresh_token", "refresh_token": stolen, "client_id": storage.client.client_id}
     async with httpx2.AsyncClient(verify=gw.client_ssl(), timeout=30) as http:
@@ -147,8 +150,8 @@ async def test_refresh_token_reuse_revokes_the_family(gw: RunningGateway) -> Non
         # moving the server's clock instead of sleeping).
         authorization = gw.gateway.authorization
         assert authorization is not None
-        clock = authorization.server._clock  # noqa: SLF001 - the test moves time, nothing else
-        authorization.server._clock = lambda: clock() + 60  # type: ignore[method-assign]  # noqa: SLF001
+        clock = authorization.server._clock
+        authorization.server._clock = lambda: clock() + 60
         replay = await http.post(f"{gw.base_url}/oauth/token", data=form)
         assert replay.status_code == 400
         assert replay.json()["error"] == "invalid_grant"
