@@ -14,11 +14,13 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from mcp_bastion import netguard
 from mcp_bastion.asgi.oauth import oauth_routes
 from mcp_bastion.asgi.pages import page_routes
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.identity.ratelimit import LoginRateLimiter
 from mcp_bastion.identity.users import SQLUserDirectory
+from mcp_bastion.oauth.cimd import ClientMetadataResolver
 from mcp_bastion.oauth.grants import Lifetimes
 from mcp_bastion.oauth.localissuer import LocalIssuer
 from mcp_bastion.oauth.sealing import MemorySealer
@@ -41,12 +43,15 @@ class Authorization:
     server: AuthorizationServer
     users: SQLUserDirectory
     app: Starlette
+    documents: ClientMetadataResolver | None = None
 
     async def startup(self) -> None:
         await self.db.upgrade()
 
     async def shutdown(self) -> None:
         await self.server.aclose()
+        if self.documents is not None:
+            await self.documents.aclose()
         await self.db.aclose()
 
 
@@ -73,6 +78,13 @@ def build_authorization(
     oauth = settings.oauth
     db = Database(default_url(settings))
     offered = {resources[name]: dict(upstream.scopes) for name, upstream in settings.upstreams.items()}
+    documents = None
+    if oauth.client_id_metadata_documents:
+        private = oauth.allow_private_metadata_hosts
+        documents = ClientMetadataResolver(
+            netguard.Policy(allow_loopback=private, allow_private=private),
+            known_scopes=frozenset(scope for scopes in offered.values() for scope in scopes),
+        )
     tokens = (
         (resolve_reference(oauth.registration_token, "oauth.registration_token"),) if oauth.registration_token else ()
     )
@@ -90,6 +102,7 @@ def build_authorization(
             refresh_grace=oauth.refresh_grace_seconds,
             family=oauth.refresh_family_lifetime,
         ),
+        metadata_documents=documents,
     )
     users = SQLUserDirectory(db)
     routes = [
@@ -103,7 +116,7 @@ def build_authorization(
             session_key=_page_key(settings.server.state_dir),
         ),
     ]
-    return Authorization(db, server, users, Starlette(routes=routes))
+    return Authorization(db, server, users, Starlette(routes=routes), documents)
 
 
 def _page_key(state_dir: Path) -> bytes:
