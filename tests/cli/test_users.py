@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mcp_bastion.cli.users import app
 from mcp_bastion.identity.users import SQLUserDirectory
 from mcp_bastion.oauth.service import OAuthError, User
-from mcp_bastion.oauth.store import FamilyRecord
+from mcp_bastion.oauth.store import ConsentRecord, FamilyRecord
 from mcp_bastion.storage.db import Database, open_database
 from mcp_bastion.storage.models import UserRow
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
@@ -177,3 +177,32 @@ def test_a_bad_config_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["list", "-c", str(bad)])
     assert result.exit_code == 2
     assert "server.nope" in result.output
+
+
+def test_revoke_consent_asks_again_and_ends_the_grants(tmp_path: Path) -> None:
+    code, output = users(tmp_path, "add", "alice", "--password-stdin", stdin=f"{PASSWORD}\n")
+    assert code == 0, output
+
+    async def grant(db: Database) -> str:
+        info = await SQLUserDirectory(db).find("alice")
+        assert info is not None
+        store = SQLOAuthStore(db)
+        await store.put_consent(ConsentRecord(info.id, "agent", "https://gw/mcp/x", frozenset({"a"}), 1.0))
+        await store.put_family(FamilyRecord("fam1", "agent", info.id, "https://gw/mcp/x", frozenset({"a"}), 1.0, 9e12))
+        return info.id
+
+    user_id = on_database(tmp_path, grant)
+    code, output = users(tmp_path, "revoke-consent", "alice", "agent")
+    assert code == 0, output
+    assert "revoked 1 consent(s)" in output
+    assert "ended 1 grant(s)" in output
+
+    async def check(db: Database) -> tuple[bool, bool]:
+        store = SQLOAuthStore(db)
+        consents = await store.get_consents(user_id, "agent")
+        family = await store.get_family("fam1")
+        return all(c.revoked_at is not None for c in consents), family is not None and family.revoked_at is not None
+
+    assert on_database(tmp_path, check) == (True, True)
+    code, _ = users(tmp_path, "revoke-consent", "nobody", "agent")
+    assert code != 0

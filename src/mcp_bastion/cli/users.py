@@ -196,3 +196,23 @@ def roles(username: str, role: RoleOption = None, config: ConfigOption = None) -
 
     info = run_with_database(config, command)
     typer.echo(f"roles of {username}: {', '.join(sorted(info.roles)) or '-'}")
+
+
+@app.command("revoke-consent")
+def revoke_consent(username: str, client_id: str, config: ConfigOption = None) -> None:
+    """Withdraw a user's remembered consent for a client, and end the grants made under it.
+
+    The next login through that client asks for consent again.
+    """
+
+    async def command(db: Database, _: Settings) -> tuple[int, int]:
+        info = await SQLUserDirectory(db).find(username)
+        if info is None:
+            raise UserAdminError("unknown_user", f"no user {username!r}")
+        store = SQLOAuthStore(db)
+        now = time.time()
+        ended = await store.revoke_families(client_id, info.id, now, "consent_revoked")
+        return await store.revoke_consents(info.id, client_id, now), ended
+
+    consents, ended = run_with_database(config, command)
+    typer.echo(f"revoked {consents} consent(s) of {username} for {client_id}; ended {ended} grant(s)")
