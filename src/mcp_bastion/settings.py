@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_bastion.errors import ConfigError
+from mcp_bastion.oauth.oidc_client import url_problem
 
 ENV_PREFIX = "MCP_BASTION_"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -101,6 +102,44 @@ class AuthSettings(_Model):
     token_leeway_seconds: int = Field(30, ge=0, le=300)
 
 
+class OIDCProviderSettings(_Model):
+    """An external OpenID Connect provider users may log in with (``[[oauth.federation]]``): the login page
+    shows a "Sign in with <display_name>" button. Register the gateway at the IdP with the redirect URI
+    ``<public URL>/authorize/federated/<name>/callback``."""
+
+    name: str = Field(pattern=_NAME.pattern)
+    """Slug used in the URLs; changing it changes the redirect URI registered at the IdP."""
+    display_name: str = Field("", max_length=64)
+    """Shown on the button; the issuer's host when empty."""
+    issuer: str
+    """Exactly as the IdP writes it in its discovery document and ID tokens."""
+    client_id: str = Field(min_length=1)
+    client_secret: str | None = Field(None, repr=False)
+    """A reference (``env:NAME``, ``file:/path``) or a literal; absent for a public client (PKCE alone)."""
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    username_claims: tuple[str, ...] = ("preferred_username", "email", "sub")
+    """Tried in order; the first non-empty one names the user (``email`` only when verified)."""
+    groups_claim: str | None = "groups"
+    group_roles: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)
+    """IdP group -> our roles. An IdP group grants nothing unless it is listed here."""
+    default_roles: tuple[str, ...] = ()
+    """Roles every user of this IdP gets."""
+    allowed_email_domains: tuple[str, ...] | None = None
+    """When set, only users with a verified email address in one of these domains may log in."""
+    allow_insecure_http: bool = False
+    """Talk to the IdP over plain http: only to a loopback IP literal (a test IdP). Never in production."""
+
+    @model_validator(mode="after")
+    def _issuer_url(self) -> OIDCProviderSettings:
+        # The same rule the OIDC client applies to every URL it contacts, checked here so the path is named.
+        problem = url_problem(self.issuer, allow_insecure_http=self.allow_insecure_http)
+        if problem is not None:
+            raise ValueError(f"issuer {self.issuer!r}: {problem}")
+        if "openid" not in self.scopes:
+            raise ValueError("scopes must include 'openid'")
+        return self
+
+
 class OAuthServerSettings(_Model):
     """The built-in OAuth 2.1 authorization server (issuer = the gateway's public URL)."""
 
@@ -119,11 +158,18 @@ class OAuthServerSettings(_Model):
     """Accept an https URL as client_id and fetch its metadata document (with an SSRF guard)."""
     allow_private_metadata_hosts: bool = False
     """Let client metadata documents live on loopback/private addresses (tests only)."""
+    federation: tuple[OIDCProviderSettings, ...] = ()
+    """External OpenID Connect providers offered on the login page beside the local users."""
 
     @model_validator(mode="after")
     def _token_for_token_mode(self) -> OAuthServerSettings:
         if self.registration == "token" and not self.registration_token:
             raise ValueError('registration = "token" needs registration_token')
+        names = [provider.name for provider in self.federation]
+        if len(set(names)) != len(names):
+            raise ValueError(f"oauth.federation names must be unique, got {names}")
+        if self.federation and not self.enabled:
+            raise ValueError("oauth.federation needs oauth.enabled (the login page it adds buttons to)")
         return self
 
 
@@ -242,6 +288,12 @@ class Settings(_Model):
                 found.append(f"upstreams.{name}.allow_methods forwards non-MCP methods: {upstream.allow_methods}")
         if self.oauth.allow_private_metadata_hosts:
             found.append("oauth.allow_private_metadata_hosts = true: client metadata fetched from private hosts")
+        for provider in self.oauth.federation:
+            if provider.allow_insecure_http:
+                found.append(
+                    f"oauth.federation[{provider.name}].allow_insecure_http = true: "
+                    "logins with that IdP travel over plain http"
+                )
         for issuer in self.auth.issuers:
             if issuer.allow_insecure_http:
                 found.append(f"auth.issuers[{issuer.issuer}].allow_insecure_http = true: JWKS fetched over http")

@@ -1,5 +1,6 @@
 """Composition of the gateway's web side: the built-in authorization server, its storage, the local users,
-and the login and consent pages, served beside the MCP endpoints by one Starlette router.
+the external OpenID Providers users may log in with (``oauth.federation``), and the login and consent
+pages, served beside the MCP endpoints by one Starlette router.
 
 ``app.build_gateway`` calls ``build_authorization`` when ``oauth.enabled``; the router is handed to
 ``BastionApp`` for every path that is not an MCP endpoint.
@@ -7,32 +8,46 @@ and the login and consent pages, served beside the MCP endpoints by one Starlett
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from starlette.applications import Starlette
 
 from mcp_bastion import netguard
 from mcp_bastion.asgi.oauth import oauth_routes
 from mcp_bastion.asgi.pages import page_routes
+from mcp_bastion.asgi.pages.federated import callback_path
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.identity.ratelimit import LoginRateLimiter
 from mcp_bastion.identity.users import SQLUserDirectory
 from mcp_bastion.oauth.cimd import ClientMetadataResolver
+from mcp_bastion.oauth.federation import FederatedLogin, OIDCProvider
 from mcp_bastion.oauth.grants import Lifetimes
 from mcp_bastion.oauth.localissuer import LocalIssuer
+from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.sealing import MemorySealer
 from mcp_bastion.oauth.server import AuthorizationServer
+from mcp_bastion.oauth.service import OAuthError
 from mcp_bastion.privatefile import read_private, write_atomic
 from mcp_bastion.secrets import resolve_reference
-from mcp_bastion.settings import Settings
+from mcp_bastion.settings import OIDCProviderSettings, Settings
 from mcp_bastion.storage.db import Database, default_url
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
 
+log = logging.getLogger("mcp_bastion.web")
+
 PAGE_KEY_FILE = "pages-session.key"
 PAGE_KEY_BYTES = 32
+DISCOVERY_RETRY_SECONDS: Final = 30.0
+"""First wait before discovering an IdP again after it failed at startup; doubled after each failure..."""
+DISCOVERY_RETRY_MAX_SECONDS: Final = 600.0
+"""... up to this."""
 
 
 @dataclass
@@ -44,15 +59,56 @@ class Authorization:
     users: SQLUserDirectory
     app: Starlette
     documents: ClientMetadataResolver | None = None
+    federation: dict[str, FederatedLogin] = field(default_factory=dict)
+    """External IdPs by name (``oauth.federation``), shared with the pages."""
+    _retries: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def startup(self) -> None:
         await self.db.upgrade()
+        # An IdP that cannot be discovered does not stop the gateway: it logs an error and its button shows
+        # "temporarily unavailable" until a retry succeeds. Refusing to start would turn an outage of the
+        # company IdP into an outage of every MCP server behind the gateway, for local users, machine
+        # clients and tokens already issued alike, and into a restart loop; a typo in the settings, which
+        # a restart would not fix, is still refused when the settings are read.
+        names = list(self.federation)
+        found = await asyncio.gather(*(_discover(name, self.federation[name]) for name in names))
+        for name, ok in zip(names, found, strict=True):
+            if not ok:
+                self._retries.append(asyncio.create_task(_keep_discovering(name, self.federation[name])))
 
     async def shutdown(self) -> None:
+        for task in self._retries:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for login in self.federation.values():
+            await login.aclose()
         await self.server.aclose()
         if self.documents is not None:
             await self.documents.aclose()
         await self.db.aclose()
+
+
+async def _discover(name: str, login: FederatedLogin) -> bool:
+    try:
+        await login.discover()
+    except OAuthError as exc:  # Refusal: unreachable, or an unusable configuration document or key set
+        reason = exc.reason if isinstance(exc, Refusal) else exc.error
+        log.error(
+            "federated login %r: IdP %s unavailable (%s: %s)", name, login.provider.issuer, reason, exc.description
+        )
+        return False
+    return True
+
+
+async def _keep_discovering(name: str, login: FederatedLogin) -> None:
+    delay = DISCOVERY_RETRY_SECONDS
+    while True:
+        await asyncio.sleep(delay)
+        if await _discover(name, login):
+            log.info("federated login %r: IdP %s discovered, its button is enabled", name, login.provider.issuer)
+            return
+        delay = min(delay * 2, DISCOVERY_RETRY_MAX_SECONDS)
 
 
 class _Limiter:
@@ -105,6 +161,9 @@ def build_authorization(
         metadata_documents=documents,
     )
     users = SQLUserDirectory(db)
+    federation = {
+        entry.name: FederatedLogin(oidc_provider(entry, settings.server.base_url)) for entry in oauth.federation
+    }
     routes = [
         *oauth_routes(server),
         *page_routes(
@@ -114,9 +173,36 @@ def build_authorization(
             secure_cookies=secure,
             login_limiter=_Limiter(LoginRateLimiter()),
             session_key=_page_key(settings.server.state_dir),
+            federation=federation,
         ),
     ]
-    return Authorization(db, server, users, Starlette(routes=routes), documents)
+    return Authorization(db, server, users, Starlette(routes=routes), documents, federation)
+
+
+def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:
+    """The relying-party settings of one ``[[oauth.federation]]`` entry; our redirect URI is derived from the
+    public URL, one per IdP (which helps against mix-up: a response can only come back where it belongs)."""
+    setting = f"oauth.federation[{entry.name}]"
+    secret = entry.client_secret
+    domains = entry.allowed_email_domains
+    try:
+        return OIDCProvider(
+            issuer=entry.issuer,
+            client_id=entry.client_id,
+            redirect_uri=base_url + callback_path(entry.name),
+            client_secret=resolve_reference(secret, f"{setting}.client_secret") if secret is not None else None,
+            display_name=entry.display_name,
+            scopes=entry.scopes,
+            username_claims=entry.username_claims,
+            groups_claim=entry.groups_claim,
+            group_roles={group: frozenset(roles) for group, roles in entry.group_roles.items()},
+            default_roles=frozenset(entry.default_roles),
+            # An empty list must stay a (refused) empty set: turned into None it would allow every domain.
+            allowed_email_domains=frozenset(domains) if domains is not None else None,
+            allow_insecure_http=entry.allow_insecure_http,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{setting}: {exc.detail}") from exc
 
 
 def _page_key(state_dir: Path) -> bytes:

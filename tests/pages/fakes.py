@@ -1,5 +1,5 @@
-"""In-memory fakes of the two seams the pages use (``AuthorizationService``, ``UserDirectory``), a
-recording login limiter, and helpers to read the pages' HTML."""
+"""In-memory fakes of the seams the pages use (``AuthorizationService``, ``UserDirectory``, an external IdP's
+``FederatedLogin``), a recording login limiter, and helpers to read the pages' HTML."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from mcp_bastion.oauth.federation import STATE_LIFETIME_SECONDS, FederationState, OIDCProvider
+from mcp_bastion.oauth.oidc_client import ProviderMetadata
+from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.service import ClientView, Consent, OAuthError, PendingAuthorization, User
 
 ISSUER = "https://bastion.test"
@@ -199,3 +202,77 @@ def reason(html: str) -> str | None:
     reader = _FormReader()
     reader.feed(html)
     return reader.reason
+
+
+IDP_ISSUER = "https://idp.example"
+IDP_AUTHORIZE = "https://login.idp.example/authorize"
+
+
+def idp_metadata(authorization_endpoint: str = IDP_AUTHORIZE, issuer: str = IDP_ISSUER) -> ProviderMetadata:
+    return ProviderMetadata(
+        issuer=issuer,
+        authorization_endpoint=authorization_endpoint,
+        token_endpoint=f"{issuer}/token",
+        jwks_uri=f"{issuer}/jwks",
+        userinfo_endpoint=None,
+        iss_parameter_supported=True,
+        token_endpoint_auth_methods=frozenset({"client_secret_basic"}),
+        id_token_algorithms=frozenset({"ES256"}),
+    )
+
+
+@dataclass
+class FakeFederatedLogin:
+    """Stands in for ``oauth.federation.FederatedLogin``: ``start`` makes a numbered state and a URL at
+    ``metadata.authorization_endpoint``; ``finish`` compares ``state`` like the real one, then raises
+    ``refusal`` if set, else returns ``user``. Records what the pages asked."""
+
+    provider: OIDCProvider
+    metadata: ProviderMetadata | None
+    user: User
+    clock: Callable[[], float]
+    refusal: Refusal | None = None
+    started: list[FederationState] = field(default_factory=list)
+    finished: list[dict[str, str]] = field(default_factory=list)
+
+    def start(self, pending_id: str) -> tuple[str, FederationState]:
+        if self.metadata is None:
+            raise Refusal("temporarily_unavailable", "idp_not_discovered", "IdP not discovered yet", status=503)
+        number = len(self.started) + 1
+        state = FederationState(
+            issuer=self.provider.issuer,
+            state=f"state-{number}",
+            nonce=f"nonce-{number}",
+            code_verifier=f"verifier-{number}-" + "v" * 40,
+            pending_id=pending_id,
+            expires_at=int(self.clock()) + STATE_LIFETIME_SECONDS,
+        )
+        self.started.append(state)
+        return add_query(self.metadata.authorization_endpoint, {"state": state.state}), state
+
+    async def finish(self, params: Mapping[str, str], state: FederationState) -> tuple[User, str]:
+        self.finished.append(dict(params))
+        if params.get("state") != state.state:
+            raise Refusal("invalid_request", "state_mismatch", "state does not match this browser's login")
+        if self.refusal is not None:
+            raise self.refusal
+        return self.user, state.pending_id
+
+
+def fake_idp(
+    clock: Callable[[], float],
+    *,
+    display_name: str = "Corp SSO",
+    discovered: bool = True,
+    authorization_endpoint: str = IDP_AUTHORIZE,
+    roles: frozenset[str] = frozenset({"analyst"}),
+) -> FakeFederatedLogin:
+    provider = OIDCProvider(
+        issuer=IDP_ISSUER,
+        client_id="bastion",
+        redirect_uri="https://bastion.test/authorize/federated/corp/callback",
+        display_name=display_name,
+    )
+    user = User(id=f"{IDP_ISSUER}#248289761001", username="alice@corp", roles=roles)
+    metadata = idp_metadata(authorization_endpoint) if discovered else None
+    return FakeFederatedLogin(provider, metadata, user, clock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -12,7 +13,17 @@ from starlette.applications import Starlette
 from mcp_bastion.asgi.pages import page_routes
 from mcp_bastion.oauth.service import User
 from tests.oauth.support import FakeClock
-from tests.pages.fakes import ISSUER, RESOURCE, FakeClient, FakeDirectory, FakeService, RecordingLimiter, hidden
+from tests.pages.fakes import (
+    ISSUER,
+    RESOURCE,
+    FakeClient,
+    FakeDirectory,
+    FakeFederatedLogin,
+    FakeService,
+    RecordingLimiter,
+    fake_idp,
+    hidden,
+)
 
 NOW = 1_800_000_000.0
 CLIENT_ID = "client-1"
@@ -42,6 +53,9 @@ class Harness:
     clock: FakeClock = field(default_factory=lambda: FakeClock(NOW))
     users: FakeDirectory = field(default_factory=FakeDirectory)
     limiter: RecordingLimiter = field(default_factory=RecordingLimiter)
+    federation: dict[str, FakeFederatedLogin] = field(default_factory=dict)
+    """External IdPs by name; build them with ``fakes.fake_idp(harness.clock)``."""
+    secure_cookies: bool = True
     service: FakeService = field(init=False)
     app: Starlette = field(init=False)
     alice: User = field(init=False)
@@ -51,10 +65,28 @@ class Harness:
         self.service.add_client(FakeClient(CLIENT_ID, "Claude Code", (REDIRECT_URI,)))
         self.alice = self.users.add(User(id="u-alice", username="alice"), PASSWORD)
         self.users.add(User(id="u-root", username="root", roles=frozenset({"admin"})), PASSWORD)
+        self.app = self.build_app()
+
+    def add_idp(self, name: str = "corp", **options: Any) -> FakeFederatedLogin:
+        """Configure an external IdP (``fakes.fake_idp`` options) and rebuild the app with it."""
+        login = fake_idp(self.clock, **options)
+        self.federation[name] = login
+        self.app = self.build_app()
+        return login
+
+    def build_app(self, federation: Mapping[str, FakeFederatedLogin] | None = None) -> Starlette:
+        """The pages over this harness's fakes (the same session key every time, as replicas share one)."""
         routes = page_routes(
-            self.service, self.users, issuer=ISSUER, login_limiter=self.limiter, session_key=b"k" * 32, clock=self.clock
+            self.service,
+            self.users,
+            issuer=ISSUER,
+            secure_cookies=self.secure_cookies,
+            login_limiter=self.limiter,
+            session_key=b"k" * 32,
+            clock=self.clock,
+            federation=self.federation if federation is None else federation,
         )
-        self.app = Starlette(routes=routes)
+        return Starlette(routes=routes)
 
     def browser(self) -> httpx.AsyncClient:
         """A fresh browser: its own cookie jar, no redirects followed (tests look at each hop)."""

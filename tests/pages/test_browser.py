@@ -6,6 +6,11 @@ the consent POST really crosses origins, as it does for a real client (browsers 
 to that redirect). Cookies are the production ones (``Secure``, ``__Host-``): Chromium treats loopback as a
 secure context.
 
+The federated tests add a stand-in IdP on a third origin, ``http://idp.localhost:<port>/idp/…`` (Chromium
+resolves ``*.localhost`` to loopback itself): the "Sign in with …" POST is answered by a 303 to it, and its
+own form POST answers a 303 back to our callback, a cross-site top-level navigation (which is what the
+SameSite=Lax state cookie must survive).
+
 A screenshot of each page goes to ``artifacts/screenshots/`` for people to look at.
 """
 
@@ -19,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import anyio
 import pytest
@@ -27,12 +32,21 @@ import uvicorn
 from playwright.async_api import Browser, Page, async_playwright
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from mcp_bastion.asgi.pages import page_routes
+from mcp_bastion.asgi.pages import page_routes, routes
 from mcp_bastion.oauth.service import User
-from tests.pages.fakes import ISSUER, FakeClient, FakeDirectory, FakeService, RecordingLimiter
+from tests.pages.fakes import (
+    IDP_ISSUER,
+    ISSUER,
+    FakeClient,
+    FakeDirectory,
+    FakeFederatedLogin,
+    FakeService,
+    RecordingLimiter,
+    fake_idp,
+)
 from tests.pages.harness import CLIENT_ID, PASSWORD, STATE, authorize_query
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,6 +76,9 @@ class Site:
     port: int
     service: FakeService
     landed: list[dict[str, str]] = field(default_factory=list)
+    idp: FakeFederatedLogin | None = None
+    idp_visits: list[str] = field(default_factory=list)
+    """The ``state`` of each visit to the stand-in IdP's login page."""
 
     @property
     def callback(self) -> str:
@@ -86,8 +103,28 @@ def callback_page(site: Site) -> Route:
     return Route("/callback", callback)
 
 
+def idp_pages(site: Site) -> list[Route]:
+    """A stand-in IdP: a login page with one button, whose POST redirects back to our callback."""
+
+    async def authorize(request: Request) -> Response:
+        state = request.query_params["state"]
+        site.idp_visits.append(state)
+        return HTMLResponse(
+            "<!doctype html><title>Stand-in IdP</title><h1>Stand-in IdP</h1>"
+            f'<form method="post" action="/idp/approve"><input type="hidden" name="state" value="{escape(state)}">'
+            '<button type="submit">Continue as alice</button></form>'
+        )
+
+    async def approve(request: Request) -> Response:
+        [state] = parse_qs((await request.body()).decode())["state"]
+        query = urlencode({"state": state, "code": "idp-code", "iss": IDP_ISSUER})
+        return RedirectResponse(f"http://127.0.0.1:{site.port}/authorize/federated/corp/callback?{query}", 303)
+
+    return [Route("/idp/authorize", authorize), Route("/idp/approve", approve, methods=["POST"])]
+
+
 @contextlib.asynccontextmanager
-async def running_site() -> AsyncIterator[Site]:
+async def running_site(*, federated: bool = False) -> AsyncIterator[Site]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -97,8 +134,13 @@ async def running_site() -> AsyncIterator[Site]:
     service.add_client(FakeClient(CLIENT_ID, "Claude Code", (site.callback,)))
     users = FakeDirectory()
     users.add(User(id="u-alice", username="alice"), PASSWORD)
-    routes = page_routes(service, users, issuer=ISSUER, login_limiter=RecordingLimiter())
-    app = Starlette(routes=[*routes, callback_page(site)])
+    extra = [callback_page(site)]
+    if federated:
+        site.idp = fake_idp(time.time, authorization_endpoint=f"http://idp.localhost:{port}/idp/authorize")
+        extra += idp_pages(site)
+    federation = {"corp": site.idp} if site.idp is not None else None
+    pages = page_routes(service, users, issuer=ISSUER, login_limiter=RecordingLimiter(), federation=federation)
+    app = Starlette(routes=[*pages, *extra])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -118,6 +160,12 @@ async def running_site() -> AsyncIterator[Site]:
 @pytest.fixture
 async def site() -> AsyncIterator[Site]:
     async with running_site() as running:
+        yield running
+
+
+@pytest.fixture
+async def federated_site() -> AsyncIterator[Site]:
+    async with running_site(federated=True) as running:
         yield running
 
 
@@ -222,4 +270,45 @@ async def test_page_has_no_csp_violations_and_loads_its_stylesheet(site: Site, p
     await page.goto(site.authorize_url())
     color = await page.evaluate("getComputedStyle(document.querySelector('button.primary')).backgroundColor")
     assert color == "rgb(31, 79, 209)"  # bastion.css applied
-    assert messages == []
+    assert [m for m in messages if "Content Security Policy" in m] == []
+
+
+async def test_sign_in_with_an_idp_on_another_site_and_back(federated_site: Site, page: Page) -> None:
+    site = federated_site
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    await page.goto(site.authorize_url())
+    await screenshot(page, "login-federated")
+    await page.click("text=Sign in with Corp SSO")
+    await page.wait_for_url(f"http://idp.localhost:{site.port}/idp/authorize?**")
+    # Back from another site by a POST and a 303: the SameSite=Lax state cookie rides on that navigation.
+    await page.click("text=Continue as alice")
+    await page.wait_for_url("**/authorize/consent?**")
+    assert "alice@corp (via Corp SSO)" in await page.inner_text("dl.facts")
+    await screenshot(page, "consent-federated")
+    await page.click("button[value=approve]")
+    await page.wait_for_url(f"{site.callback}?**")
+
+    assert site.idp is not None
+    assert site.idp_visits == ["state-1"]
+    assert site.idp.finished == [{"state": "state-1", "code": "idp-code", "iss": IDP_ISSUER}]
+    [approval] = site.service.approvals
+    assert approval.user.id == f"{IDP_ISSUER}#248289761001"
+    # The state cookie is gone once the callback ran.
+    assert [c for c in await page.context.cookies() if c["name"] == "__Secure-bastion-federation"] == []
+    assert [m for m in messages if "Content Security Policy" in m] == []
+
+
+async def test_chromium_applies_form_action_to_the_redirect_to_the_idp(
+    federated_site: Site, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the login page lists each IdP's origin in ``form-action``: without it, Chromium blocks the 303
+    that answers the "Sign in with …" POST, although the POST itself went to our own origin."""
+    monkeypatch.setattr(routes, "form_sources", lambda logins: ())
+    await page.goto(federated_site.authorize_url())
+    async with page.expect_console_message(lambda m: "form-action" in m.text) as blocked:
+        await page.click("text=Sign in with Corp SSO")
+    assert "Content Security Policy" in (await blocked.value).text
+    assert federated_site.idp is not None
+    assert len(federated_site.idp.started) == 1  # our route answered the POST ...
+    assert federated_site.idp_visits == []  # ... and the browser refused to follow its redirect

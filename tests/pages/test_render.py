@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from mcp_bastion.asgi.pages.render import redirect_sources
+from mcp_bastion.asgi.pages.render import origin_source, redirect_sources
 from tests.pages.fakes import FakeClient
 from tests.pages.harness import PASSWORD, REDIRECT_URI, Harness, authorize_query, consent_form
 
@@ -145,6 +145,25 @@ async def test_consent_page_names_client_kind_redirect_host_and_user(harness: Ha
 )
 def test_redirect_sources(host: str, sources: tuple[str, ...]) -> None:
     assert redirect_sources(host) == sources
+
+
+@pytest.mark.parametrize(
+    ("url", "source"),
+    [
+        pytest.param("https://login.idp.example/authorize?x=1", "https://login.idp.example", id="https"),
+        pytest.param("https://idp.example:8443/a", "https://idp.example:8443", id="port"),
+        pytest.param("http://127.0.0.1:4000/auth", "http://127.0.0.1:4000", id="loopback-http"),
+        pytest.param("https://[::1]:4000/auth", "https://[::1]:4000", id="ipv6"),
+        pytest.param("javascript:alert(1)", None, id="javascript"),
+        pytest.param("https://user@idp.example/", None, id="userinfo"),
+        pytest.param("https://idp.example;script-src/", None, id="semicolon"),
+        pytest.param("https://*.example/", None, id="wildcard"),
+        pytest.param("https:///path", None, id="no-host"),
+        pytest.param("https://[::1/", None, id="unparsable"),
+    ],
+)
+def test_origin_source(url: str, source: str | None) -> None:
+    assert origin_source(url) == source
 
 
 async def test_password_is_never_echoed(harness: Harness) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcp_bastion.asgi.pages.csrf import Signer, b64encode
-from mcp_bastion.asgi.pages.session import SESSION_TTL, CookieJar, InvalidSession, Sessions
+from mcp_bastion.asgi.pages.session import SESSION_TTL, CookieJar, FederatedIdentity, InvalidSession, Sessions
 
 NOW = 1_800_000_000.0
 
@@ -73,3 +73,41 @@ def test_cookie_names(sessions: Sessions) -> None:
     assert sessions.cookie_name("p1").startswith("__Host-bastion-login-")
     assert sessions.cookie_name("p1") != sessions.cookie_name("p2")
     assert CookieJar(secure=False).browser == "bastion-browser"
+
+
+def test_federated_identity_round_trips_under_the_mac(sessions: Sessions) -> None:
+    identity = FederatedIdentity("corp", "alice@corp", frozenset({"analyst", "admin"}))
+    session = sessions.new("https://idp.example#sub-1", "p1", now=NOW, pending_expires_at=NOW + 60, federated=identity)
+    opened = sessions.open(sessions.seal(session), "p1", now=NOW)
+    assert opened == session
+    assert opened.federated == identity
+
+
+def test_federated_roles_cannot_be_added_to_a_cookie(sessions: Sessions) -> None:
+    identity = FederatedIdentity("corp", "alice", frozenset({"analyst"}))
+    sealed = sessions.seal(sessions.new("i#s", "p1", now=NOW, pending_expires_at=NOW + 60, federated=identity))
+    _, mac = sealed.split(".")
+    evil = b64encode(b'{"u":"i#s","p":"p1","e":9999999999,"n":"x","f":["corp","alice",["admin"]]}')
+    with pytest.raises(InvalidSession):
+        sessions.open(f"{evil}.{mac}", "p1", now=NOW)
+
+
+@pytest.mark.parametrize(
+    "federated",
+    [
+        pytest.param('"corp"', id="not-a-list"),
+        pytest.param('["corp","alice"]', id="too-short"),
+        pytest.param('["corp","alice","admin"]', id="roles-a-string"),
+        pytest.param('["corp","alice",[1]]', id="role-not-a-string"),
+    ],
+)
+def test_malformed_federated_identity_is_invalid_even_when_signed(sessions: Sessions, federated: str) -> None:
+    body = b64encode(f'{{"u":"i#s","p":"p1","e":{NOW + 60},"n":"x","f":{federated}}}'.encode())
+    with pytest.raises(InvalidSession):
+        sessions.open(f"{body}.{Signer(b'k' * 32).token(Sessions.PURPOSE, body)}", "p1", now=NOW)
+
+
+def test_federation_cookie_name() -> None:
+    # Path-scoped to a callback, so not __Host- (which requires Path=/); __Secure- still needs HTTPS.
+    assert CookieJar(secure=True).federation == "__Secure-bastion-federation"
+    assert CookieJar(secure=False).federation == "bastion-federation"

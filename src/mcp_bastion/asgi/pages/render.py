@@ -8,7 +8,8 @@ our own stylesheet.
 ``form-action`` lists ``'self'`` and, for pages whose form may end in a redirect to the client (login with
 remembered consent, consent), the client's redirect origin: browsers (Chromium at least) apply
 ``form-action`` to every hop of a form submission's redirect chain, so a 303 to the client after a POST
-is blocked unless its origin is listed.
+is blocked unless its origin is listed. The login page also lists the authorization endpoint origin of
+each external IdP: its "Sign in with …" POST answers 303 to the IdP.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.responses import Response
@@ -93,6 +95,30 @@ class PageError(Exception):
         self.title = title
         self.message = message
         self.headers = dict(headers or {})
+
+
+def csrf_refused() -> PageError:
+    """A form whose CSRF token does not match this browser and authorization (shared by every form)."""
+    return PageError(
+        403,
+        "csrf_invalid",
+        "This form could not be verified",
+        "It was not sent from this browser's sign-in page, or it has expired. Please start again from the application.",
+    )
+
+
+def origin_source(url: str) -> str | None:
+    """The CSP source (``scheme://host[:port]``) of an http(s) URL, or None when it could not be one safely."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    netloc = parts.netloc
+    if parts.scheme not in ("https", "http") or not netloc or "@" in netloc:
+        return None
+    if not netloc.isascii() or not netloc.isprintable() or any(c in netloc for c in " ;,'\"*/\\"):
+        return None  # never let a strange host widen or break the policy
+    return f"{parts.scheme}://{netloc}"
 
 
 def page(

@@ -14,6 +14,9 @@ Flow (every state change is a POST; GETs only show things):
 4. ``POST /authorize/consent`` requires the login session for that pending id and a CSRF token bound to the
    session, then approves (with the chosen scopes ∩ allowed) or denies: 303 to the URL the service returns.
 
+Step 2 has an alternative per configured external IdP: "Sign in with …" (``federated.py``), whose callback
+joins the flow where a successful password login does (``signed_in``).
+
 Refusals raise ``PageError`` (or the service's ``OAuthError``); ``_guarded`` turns them into a response in
 one place. Every response carries the headers of ``render.security_headers``.
 """
@@ -32,18 +35,30 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mcp_bastion.asgi.pages.csrf import CSRF, Signer, is_nonce, new_nonce
+from mcp_bastion.asgi.pages.federated import (
+    CALLBACK_ROUTE,
+    START_ROUTE,
+    FederatedLogin,
+    FederatedRoutes,
+    buttons,
+    federated_user,
+    form_sources,
+    signed_in_via,
+)
 from mcp_bastion.asgi.pages.forms import read_form
 from mcp_bastion.asgi.pages.limiter import LoginLimiter, MemoryLoginLimiter
 from mcp_bastion.asgi.pages.render import (
     STATIC_CSS_PATH,
     PageError,
+    csrf_refused,
     error_page,
     page,
     redirect,
     redirect_sources,
     stylesheet,
 )
-from mcp_bastion.asgi.pages.session import CookieJar, InvalidSession, LoginSession, Sessions
+from mcp_bastion.asgi.pages.session import CookieJar, FederatedIdentity, InvalidSession, LoginSession, Sessions
+from mcp_bastion.asgi.pages.statecookie import StateCookies
 from mcp_bastion.oauth.service import (
     AuthorizationService,
     Consent,
@@ -69,15 +84,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """Routes accept these and answer the ones they do not serve with our own 405 page (with our headers)."""
-
-
-def _csrf_refused() -> PageError:
-    return PageError(
-        403,
-        "csrf_invalid",
-        "This form could not be verified",
-        "It was not sent from this browser's sign-in page, or it has expired. Please start again from the application.",
-    )
 
 
 def _session_refused() -> PageError:
@@ -120,6 +126,8 @@ class Pages:
     csrf: CSRF
     sessions: Sessions
     clock: Callable[[], float]
+    federation: Mapping[str, FederatedLogin]
+    """External IdPs by their name in the settings; empty when only local users log in."""
 
     # -- GET /authorize -------------------------------------------------------------------------------
 
@@ -149,9 +157,12 @@ class Pages:
             "username": username,
             "failed": failed,
             "action": LOGIN_PATH,
+            "providers": buttons(self.federation),
         }
-        # The login POST may end in a redirect to the client (remembered consent): allow its origin.
-        return page("login.html", context, status=status, form_targets=redirect_sources(pending.client.redirect_host))
+        # The login POST may end in a redirect to the client (remembered consent): allow its origin; each
+        # "Sign in with …" POST ends in a redirect to its IdP: allow those too.
+        targets = (*redirect_sources(pending.client.redirect_host), *form_sources(self.federation))
+        return page("login.html", context, status=status, form_targets=targets)
 
     # -- POST /authorize/login ------------------------------------------------------------------------
 
@@ -160,7 +171,7 @@ class Pages:
         pending_id = form.one("pending")
         nonce = request.cookies.get(self.sessions.jar.browser, "")
         if not (is_nonce(nonce) and self.csrf.check_login(form.one("csrf"), nonce, pending_id)):
-            raise _csrf_refused()
+            raise csrf_refused()
         pending = await self.service.pending(pending_id)
 
         username, password = form.one("username"), form.one("password")
@@ -182,7 +193,13 @@ class Pages:
             await self.limiter.failed(username, address)
             return self._login_page(pending, nonce, status=401, username=username, failed=True)
         await self.limiter.succeeded(username, address)
+        return await self.signed_in(user, pending, None)
 
+    async def signed_in(
+        self, user: User, pending: PendingAuthorization, federated: FederatedIdentity | None
+    ) -> Response:
+        """After a successful login, local or federated: approve at once on remembered consent, else bind a
+        login session for (user, pending) to this browser and go to the consent page."""
         allowed = await self.service.allowed_scopes(user, pending)
         remembered = await self.service.consent(user, pending.client.client_id)
         requested = frozenset(pending.scopes)
@@ -190,7 +207,9 @@ class Pages:
             return redirect(await self.service.approve(pending.id, user, requested))
 
         now = self.clock()
-        session = self.sessions.new(user.id, pending.id, now=now, pending_expires_at=pending.expires_at)
+        session = self.sessions.new(
+            user.id, pending.id, now=now, pending_expires_at=pending.expires_at, federated=federated
+        )
         response = redirect(f"{CONSENT_PATH}?pending={quote(pending.id, safe='')}")
         max_age = max(0, math.floor(session.expires_at - now))
         self.sessions.jar.set(
@@ -208,7 +227,11 @@ class Pages:
             raise _session_refused() from None
 
     async def _session_user(self, session: LoginSession) -> User:
-        user = await self.users.get(session.user_id)
+        if session.federated is not None:
+            # The IdP is the directory for this user: who it said they are travels in the signed session.
+            user = federated_user(self.federation, session)
+        else:
+            user = await self.users.get(session.user_id)
         if user is None or user.disabled:
             raise _session_refused()
         return user
@@ -229,6 +252,7 @@ class Pages:
             "show_client_id": pending.client.kind == "metadata",
             "resource": pending.resource,
             "user": user,
+            "via": signed_in_via(self.federation, session),
             "grantable": [scope for scope in scopes if scope["allowed"]],
             "unavailable": [scope for scope in scopes if not scope["allowed"]],
             "pending_id": pending.id,
@@ -242,7 +266,7 @@ class Pages:
         pending_id = form.one("pending")
         session = self._session(request, pending_id)
         if not self.csrf.check_consent(form.one("csrf"), session.nonce, pending_id):
-            raise _csrf_refused()
+            raise csrf_refused()
         user = await self._session_user(session)
         action = form.one("action")
         if action == "approve":
@@ -312,6 +336,7 @@ def page_routes(
     login_limiter: LoginLimiter | None = None,
     session_key: bytes | None = None,
     clock: Callable[[], float] = time.time,
+    federation: Mapping[str, FederatedLogin] | None = None,
 ) -> list[Route]:
     """The login and consent pages and their stylesheet.
 
@@ -320,11 +345,13 @@ def page_routes(
     ``login_limiter`` a per-process ``MemoryLoginLimiter`` is used (not shared between replicas).
     ``session_key`` (>= 32 bytes) signs sessions and CSRF tokens; without it a random per-process key is
     used, so replicas behind one load balancer need the same key passed in. ``clock`` is wall-clock
-    seconds, the scale of ``PendingAuthorization.expires_at``.
+    seconds, the scale of ``PendingAuthorization.expires_at``. ``federation`` maps each external IdP's name
+    (its URL slug) to its login; each gets a button and the routes of ``federated.py``.
     """
     if not secure_cookies:
         log.warning("login pages: cookies are not Secure and not __Host- prefixed (plain-HTTP development only)")
     signer = Signer(session_key)
+    logins = dict(federation or {})
     pages = Pages(
         service=service,
         users=users,
@@ -333,6 +360,7 @@ def page_routes(
         csrf=CSRF(signer),
         sessions=Sessions(signer, CookieJar(secure=secure_cookies)),
         clock=clock,
+        federation=logins,
     )
     endpoints: list[tuple[str, str, dict[str, Handler]]] = [
         (AUTHORIZE_PATH, "authorize", {"GET": pages.authorize}),
@@ -340,4 +368,12 @@ def page_routes(
         (CONSENT_PATH, "authorize_consent", {"GET": pages.consent_page, "POST": pages.consent}),
         (STATIC_CSS_PATH, "stylesheet", {"GET": _stylesheet}),
     ]
+    if logins:
+        federated = FederatedRoutes(
+            logins, service, pages.csrf, pages.sessions.jar, StateCookies(signer), signed_in=pages.signed_in
+        )
+        endpoints += [
+            (START_ROUTE, "authorize_federated", {"POST": federated.start}),
+            (CALLBACK_ROUTE, "authorize_federated_callback", {"GET": federated.callback}),
+        ]
     return [Route(path, pages.guarded(handlers), methods=ANY_METHOD, name=name) for path, name, handlers in endpoints]
