@@ -152,7 +152,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         trusted,
         leeway_seconds=settings.auth.token_leeway_seconds,
         # Revoked grants and tokens of our own issuer are refused on every call (fail closed on store errors).
-        revocation=authorization.server if authorization is not None else None,
+        revocation=authorization.revocation if authorization is not None else None,
     )
 
     limits = settings.limits

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from starlette.applications import Starlette
 
@@ -31,9 +31,11 @@ from mcp_bastion.oauth.federation import FederatedLogin, OIDCProvider
 from mcp_bastion.oauth.grants import Lifetimes
 from mcp_bastion.oauth.localissuer import LocalIssuer
 from mcp_bastion.oauth.refusal import Refusal
+from mcp_bastion.oauth.revocationcache import RevocationCache, RevokingStore
 from mcp_bastion.oauth.sealing import MemorySealer
 from mcp_bastion.oauth.server import AuthorizationServer
 from mcp_bastion.oauth.service import OAuthError
+from mcp_bastion.oauth.store import OAuthStore
 from mcp_bastion.privatefile import read_private, write_atomic
 from mcp_bastion.secrets import resolve_reference
 from mcp_bastion.settings import OIDCProviderSettings, Settings
@@ -59,6 +61,8 @@ class Authorization:
     users: SQLUserDirectory
     app: Starlette
     documents: ClientMetadataResolver | None = None
+    revocation: RevocationCache = field(default_factory=RevocationCache)
+    """What the resource side asks on every call (cached; see ``oauth.revocationcache``)."""
     federation: dict[str, FederatedLogin] = field(default_factory=dict)
     """External IdPs by name (``oauth.federation``), shared with the pages."""
     _retries: list[asyncio.Task[None]] = field(default_factory=list)
@@ -133,6 +137,7 @@ def build_authorization(
     """``resources`` maps each endpoint name to its resource URL; the scopes come from the upstream settings."""
     oauth = settings.oauth
     db = Database(default_url(settings))
+    revocation = RevocationCache()
     offered = {resources[name]: dict(upstream.scopes) for name, upstream in settings.upstreams.items()}
     documents = None
     if oauth.client_id_metadata_documents:
@@ -147,7 +152,7 @@ def build_authorization(
     server = AuthorizationServer(
         issuer=signer.issuer,
         signer=signer,
-        store=SQLOAuthStore(db),
+        store=cast(OAuthStore, RevokingStore(SQLOAuthStore(db), revocation)),
         # Sealed refresh pairs live only for the grace window; an in-memory key is enough until the vault.
         sealer=MemorySealer(),
         resources=offered,
@@ -176,7 +181,8 @@ def build_authorization(
             federation=federation,
         ),
     ]
-    return Authorization(db, server, users, Starlette(routes=routes), documents, federation)
+    revocation.check = server
+    return Authorization(db, server, users, Starlette(routes=routes), documents, revocation, federation)
 
 
 def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:
