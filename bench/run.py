@@ -1,6 +1,8 @@
-"""The gateway's hop: `tools/call` to a plain `mcp` SDK upstream, direct and through mcp-bastion, same run.
+"""The gateway's hop: `tools/call` to a plain `mcp` SDK upstream, direct and through mcp-bastion, same run;
+then the authorization side (`bench.oauth`: token endpoint grants per second, cost of verifying a token).
 
     scripts/bench [--quick] [--json FILE] [--reps N] [--seconds S] [--saturate N] [--client auto|wrk|python]
+                  [--oauth-only | --no-oauth]
 
 Starts N echo upstreams (`mcp_bastion.demo.echo`, one process each) and one gateway in front of them with
 its default security (TLS with a local CA, JWT bearer tokens from the built-in issuer, audit log), then
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from bench import mcp
-from bench.load import Generator, Load, LoadResult, Request, pick_tool, tool_version
+from bench.load import Generator, Load, LoadResult, Request, Tool, pick_tool, tool_version
 from bench.procs import Children, CPUSample, popen, sample, start_echo, wait_until
 
 Target = Literal["direct", "gateway"]
@@ -446,6 +448,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-handshake", action="store_true", help="skip the handshake-era scenarios")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit, config)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--oauth-only", action="store_true", help="only the authorization section (~60 s, quick ~20 s; own plan)"
+    )
+    which.add_argument("--no-oauth", action="store_true", help="skip the authorization section")
     args = parser.parse_args(argv)
     args.reps = args.reps or 3
     args.seconds = args.seconds or (2 if args.quick else 5)
@@ -471,18 +478,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios += [Scenario("handshake c=1", "handshake", 1, 1), Scenario("handshake c=16", "handshake", 16, 1)]
     modes: list[mcp.Mode] = ["modern"] if args.no_handshake else ["modern", "handshake"]
     estimate = args.reps * len(scenarios) * 2 * (args.seconds + args.warmup)
-    if estimate > TOKEN_LIFETIME - 300:
-        print(f"scripts/bench: ~{estimate} s of runs outlives the {TOKEN_LIFETIME} s token", file=sys.stderr)
-        return 2
-    try:
-        tool = pick_tool(args.client)
-    except RuntimeError as exc:
-        print(f"scripts/bench: {exc}", file=sys.stderr)
-        return 1
+    tool: Tool | None = None
+    if not args.oauth_only:
+        if estimate > TOKEN_LIFETIME - 300:
+            print(f"scripts/bench: ~{estimate} s of runs outlives the {TOKEN_LIFETIME} s token", file=sys.stderr)
+            return 2
+        try:
+            tool = pick_tool(args.client)
+        except RuntimeError as exc:
+            print(f"scripts/bench: {exc}", file=sys.stderr)
+            return 1
     python = sys.executable
     workdir = Path(tempfile.mkdtemp(prefix="mcp-bastion-bench-"))
-    children = Children()
     started = time.monotonic()
+    document: dict[str, Any] = {}
+    try:
+        if tool is not None:
+            document = hop(args, tool, python, workdir, scenarios, modes, estimate)
+        if not args.no_oauth:
+            from bench import oauth  # imports the gateway's authorization server: only when it runs
+
+            report = oauth.run(python, workdir / "oauth", quick=args.quick)
+            print()
+            print(report.render())
+            document["authorization"] = report.document()
+            environment = document.setdefault("environment", {})
+            environment.setdefault("cores", os.cpu_count())
+            environment.setdefault("python", platform.python_version())
+        print(f"bench: done in {time.monotonic() - started:.0f} s")
+        if args.json:
+            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            print(f"bench: figures written to {args.json}")
+        return 0
+    except (RuntimeError, OSError) as exc:
+        print(f"scripts/bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scripts/bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            _progress(f"bench: work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def hop(
+    args: argparse.Namespace,
+    tool: Tool,
+    python: str,
+    workdir: Path,
+    scenarios: Sequence[Scenario],
+    modes: Sequence[mcp.Mode],
+    estimate: int,
+) -> dict[str, Any]:
+    """The hop benchmark: runs, prints its table and headlines, returns its part of the JSON document."""
+    children = Children()
     try:
         _progress(f"bench: starting {args.saturate} echo upstream(s) and the gateway in {workdir}")
         rig = start_rig(python, workdir, args.saturate, children)
@@ -526,40 +577,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: other processes used {contention:.2f} cores on average during the runs: figures are noisy")
         for note in notes:
             print(note)
-        print(f"bench: done in {time.monotonic() - started:.0f} s")
-        if args.json:
-            document: dict[str, Any] = {
-                "figures": found,
-                "targets": {"gateway_cpu_ms_per_call": CPU_TARGET_MS, "added_p50_ms_c1": P50_TARGET_MS},
-                "summary": [asdict(row) for row in rows],
-                "runs": [asdict(run) for run in runs],
-                "notes": notes,
-                "environment": {
-                    "cores": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "load_generator": tool_version(tool),
-                    "other_cores_mean": contention,
-                },
-                "settings": {
-                    "reps": args.reps,
-                    "seconds": args.seconds,
-                    "warmup": args.warmup,
-                    "saturate": args.saturate,
-                    "quick": args.quick,
-                },
-            }
-            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-            print(f"bench: figures written to {args.json}")
-        return 0
-    except (RuntimeError, OSError) as exc:
-        print(f"scripts/bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("scripts/bench: interrupted", file=sys.stderr)
-        return 130
+        return {
+            "figures": found,
+            "targets": {"gateway_cpu_ms_per_call": CPU_TARGET_MS, "added_p50_ms_c1": P50_TARGET_MS},
+            "summary": [asdict(row) for row in rows],
+            "runs": [asdict(run) for run in runs],
+            "notes": notes,
+            "environment": {
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_generator": tool_version(tool),
+                "other_cores_mean": contention,
+            },
+            "settings": {
+                "reps": args.reps,
+                "seconds": args.seconds,
+                "warmup": args.warmup,
+                "saturate": args.saturate,
+                "quick": args.quick,
+            },
+        }
     finally:
         children.close()
-        if args.keep:
-            _progress(f"bench: work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
