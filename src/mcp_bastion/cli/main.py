@@ -31,6 +31,8 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Migrations announce every step at INFO; an operator needs to hear only about problems.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @app.command()
