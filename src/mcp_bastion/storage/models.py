@@ -3,8 +3,8 @@
 Conventions:
 - times are POSIX seconds in ``DOUBLE`` columns, as in ``oauth.store`` (the callers pass ``now``);
 - secrets never appear: authorization codes, refresh tokens and client secrets are SHA-256 digests
-  (32-byte ``BLOB``/``BYTEA``), passwords are argon2id hashes; the one recoverable value, the successor
-  pair kept for the refresh grace window, is ciphertext sealed by the caller;
+  (32-byte ``BLOB``/``BYTEA``), passwords are argon2id hashes; the recoverable values (the successor pair
+  kept for the refresh grace window, the private halves of signing keys) are ciphertext sealed by the caller;
 - scopes are sorted JSON arrays, roles too; client metadata is one JSON document;
 - there are no foreign keys between the OAuth tables: ``OAuthStore`` does not order its writes (a code may
   name a family written after it) and ``purge`` removes orphans itself. ``users`` stands alone too: a
@@ -160,3 +160,25 @@ class AssertionJTIRow(Base):
     client_id: Mapped[str] = mapped_column(String, primary_key=True)
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class SigningKeyRow(Base):
+    """A token-signing key of the built-in authorization server (``oauth.signingkeys``).
+
+    The private half is a vault blob sealed for (owner = ``kid``, purpose ``signing-key``): never stored in
+    the clear. ``public_jwk`` is for operators and other tools; the key ring itself trusts only the public
+    key it derives from the sealed private half.
+    """
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """RFC 7638 thumbprint of the public key."""
+    alg: Mapped[str] = mapped_column(String(16))
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    private_jwk: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Double)
+    retired_at: Mapped[float | None] = mapped_column(Double)
+    """When a newer key took over signing; None for the key that signs now."""
+    expires_at: Mapped[float | None] = mapped_column(Double, index=True)
+    """When the key leaves the JWKS (its last tokens have expired); None while it signs."""
