@@ -95,7 +95,7 @@ async def test_the_database_file_is_private(tmp_path: Path) -> None:
             await connection.execute(insert(UserRow).values(user_row("1", "alice")))
         assert mode(path.parent) == 0o700
         files = sorted(p.name for p in path.parent.iterdir())
-        assert files == ["bastion.db", "bastion.db-shm", "bastion.db-wal"]
+        assert files == ["bastion.db", "bastion.db-shm", "bastion.db-wal", "bastion.db.migrate.lock"]
         assert all(mode(path.parent / name) == 0o600 for name in files)
 
 

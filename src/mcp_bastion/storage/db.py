@@ -124,7 +124,7 @@ class Database:
         """Bring the schema to the newest migration (run at startup; concurrent starts wait for each other)."""
         from mcp_bastion.storage import migrate  # alembic is imported only when migrating
 
-        async with self.transaction() as connection:
+        async with _migration_lock(self.path), self.transaction() as connection:
             await connection.run_sync(migrate.upgrade)
 
     async def revision(self) -> str | None:
@@ -201,3 +201,40 @@ def _install_sqlite_hooks(engine: AsyncEngine, path: Path | None) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
+
+
+MIGRATION_LOCK_SECONDS: Final = 60.0
+"""Longest a start waits for another process (or connection) migrating the same SQLite file."""
+
+
+@asynccontextmanager
+async def _migration_lock(path: Path | None) -> AsyncIterator[None]:
+    """Serialise migrations of one SQLite file across processes and connections with an advisory file lock,
+    polled without blocking the event loop, instead of leaving two writers to SQLite's busy handler."""
+    if path is None:
+        yield
+        return
+    import asyncio
+    import fcntl
+
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_MODE)
+    except OSError as exc:
+        raise Unavailable(
+            f"{path}: cannot take the migration lock: {exc.strerror}", reason="database_unavailable"
+        ) from exc
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MIGRATION_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if loop.time() > deadline:
+                    raise Unavailable(f"{path}: another migration holds the lock", reason="migration_locked") from None
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
