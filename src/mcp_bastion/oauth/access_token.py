@@ -77,9 +77,9 @@ DEFAULT_LEEWAY_SECONDS: Final = 30
 
 # Resolved once: joserfc's registry lookup would warn on every EdDSA call (RFC 9864 deprecation) and does
 # nothing we need, since our own allow-list and key-type check run first.
-_ALG_MODELS: Final = {name: JWSRegistry.algorithms[name] for name in SUPPORTED_ALGORITHMS}
-_SAME_ALG: Final = {"EdDSA": "Ed25519", "Ed25519": "Ed25519"}
-_B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+ALG_MODELS: Final = {name: JWSRegistry.algorithms[name] for name in SUPPORTED_ALGORITHMS}
+SAME_ALG: Final = {"EdDSA": "Ed25519", "Ed25519": "Ed25519"}
+B64URL_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _REQUIRED_CLAIMS: Final = ("iss", "sub", "aud", "exp")
 
 
@@ -145,7 +145,7 @@ def _show(value: object) -> str:
 
 
 def _b64decode(segment: str) -> bytes:
-    if not segment or not _B64URL.issuperset(segment):
+    if not segment or not B64URL_ALPHABET.issuperset(segment):
         raise _fail("token_malformed", "segment is not base64url")
     try:
         decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
@@ -235,7 +235,7 @@ def _claims(payload: dict[str, object]) -> AccessClaims:
 def _verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> bool:
     """The only cryptographic step (a module function so tests can count calls)."""
     try:
-        return _ALG_MODELS[alg].verify(signing_input, signature, key)
+        return ALG_MODELS[alg].verify(signing_input, signature, key)
     except (JoseError, ValueError, TypeError):
         return False
 
@@ -365,7 +365,7 @@ class AccessTokenVerifier:
         ):
             raise _fail("token_alg_forbidden", f"alg {alg} does not fit key {_show(kid)}")
         declared = key.alg
-        if declared is not None and _SAME_ALG.get(declared, declared) != _SAME_ALG.get(alg, alg):
+        if declared is not None and SAME_ALG.get(declared, declared) != SAME_ALG.get(alg, alg):
             raise _fail("token_alg_forbidden", f"key {_show(kid)} is for {declared}, token uses {alg}")
 
         signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")

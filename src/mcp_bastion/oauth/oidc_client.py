@@ -35,10 +35,9 @@ import aiohttp
 import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
-from joserfc.jws import JWSRegistry
 
 from mcp_bastion.errors import Unavailable
-from mcp_bastion.oauth.access_token import SUPPORTED_ALGORITHMS
+from mcp_bastion.oauth.access_token import ALG_MODELS, B64URL_ALPHABET, SAME_ALG, SUPPORTED_ALGORITHMS
 from mcp_bastion.oauth.jwks import KeySource
 from mcp_bastion.oauth.refusal import Refusal
 
@@ -77,10 +76,6 @@ REQUEST_TIMEOUT_SECONDS: Final = 10.0
 MAX_ID_TOKEN_AGE_SECONDS: Final = 600
 """An ID token just returned by the token endpoint was issued moments ago; an old ``iat`` is a replay."""
 
-# Resolved once, like access_token does: joserfc's registry lookup warns on every EdDSA use.
-_ALG_MODELS: Final = {name: JWSRegistry.algorithms[name] for name in SUPPORTED_ALGORITHMS}
-_SAME_ALG: Final = {"EdDSA": "Ed25519", "Ed25519": "Ed25519"}
-_B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _NOT_ID_TOKEN_TYPES: Final = frozenset({"application/at+jwt", "application/logout+jwt", "application/secevent+jwt"})
 
 
@@ -376,7 +371,7 @@ class IDTokenCheck:
 
 
 def _b64decode(segment: str) -> bytes:
-    if not segment or not _B64URL.issuperset(segment):
+    if not segment or not B64URL_ALPHABET.issuperset(segment):
         raise _rejected("id_token_malformed", "segment is not base64url")
     try:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
@@ -442,12 +437,12 @@ async def _verified_payload(token: str, check: IDTokenCheck, keys: KeySource) ->
     ):
         raise _rejected("id_token_alg_forbidden", f"alg {alg} does not fit key {_show(kid)}")
     declared = key.alg
-    if declared is not None and _SAME_ALG.get(declared, declared) != _SAME_ALG.get(alg, alg):
+    if declared is not None and SAME_ALG.get(declared, declared) != SAME_ALG.get(alg, alg):
         raise _rejected("id_token_alg_forbidden", f"key {_show(kid)} is for {declared}, the token uses {alg}")
     signature = _b64decode(parts[2])
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     try:
-        valid = _ALG_MODELS[alg].verify(signing_input, signature, key)
+        valid = ALG_MODELS[alg].verify(signing_input, signature, key)
     except (JoseError, ValueError, TypeError):
         valid = False
     if not valid:
