@@ -23,8 +23,9 @@ from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
 from mcp_bastion.oauth.access_token import AccessTokenVerifier, TrustedIssuer
 from mcp_bastion.oauth.jwks import KeySet, KeySource, RemoteKeySet
-from mcp_bastion.oauth.localissuer import LocalIssuer
+from mcp_bastion.oauth.localissuer import KEY_FILENAME, LocalIssuer
 from mcp_bastion.oauth.metadata import metadata_url_for, protected_resource_metadata
+from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.pipeline import ADMISSION_STAGES, REQUEST_STAGES, RESPONSE_STAGES
 from mcp_bastion.pipeline.authenticate import Authenticate
 from mcp_bastion.pipeline.authorize import Authorize
@@ -45,7 +46,6 @@ from mcp_bastion.web import Authorization, build_authorization
 
 log = logging.getLogger("mcp_bastion")
 
-LOCAL_ISSUER_KEY = "issuer-es256.jwk"
 JWKS_PATH = "/.well-known/jwks.json"
 REAP_INTERVAL_SECONDS = 30.0
 
@@ -61,7 +61,8 @@ class Gateway:
     sessions: SessionStore
     upstreams: dict[str, Upstream]
     audit: AuditSink
-    local_issuer: LocalIssuer | None
+    local_issuer: TokenSigner | None
+    """Our own issuer: the authorization server's key ring (usable after ``startup``), or the key file."""
     resources: dict[str, str]
     """Endpoint name -> its resource URL (the audience its tokens must carry)."""
     remote_keys: list[RemoteKeySet] = field(default_factory=list)
@@ -125,13 +126,21 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     base = server.base_url
     resources = {name: f"{base}/mcp/{name}" for name in settings.upstreams}
 
-    local_issuer = (
-        LocalIssuer.load_or_create(state_dir / LOCAL_ISSUER_KEY, base) if settings.auth.local_issuer else None
-    )
     trusted: list[TrustedIssuer] = []
     remote: list[RemoteKeySet] = []
-    if local_issuer is not None:
-        trusted.append(TrustedIssuer(local_issuer.issuer, local_issuer.public_keys()))
+    authorization: Authorization | None = None
+    local_issuer: TokenSigner | None = None
+    if settings.oauth.enabled:
+        if not settings.auth.local_issuer:
+            raise ConfigError("oauth.enabled needs auth.local_issuer (the authorization server signs with it)")
+        authorization = build_authorization(settings, resources, secure=not server.allow_insecure_http)
+        local_issuer = authorization.keys
+        trusted.append(TrustedIssuer(local_issuer.issuer, authorization.keys.key_source))
+    elif settings.auth.local_issuer:
+        # Without the authorization server there is nothing to rotate keys: one key in a private file.
+        file_issuer = LocalIssuer.load_or_create(state_dir / KEY_FILENAME, base)
+        local_issuer = file_issuer
+        trusted.append(TrustedIssuer(file_issuer.issuer, file_issuer.public_keys()))
     for issuer in settings.auth.issuers:
         keys: KeySource
         if issuer.jwks_file is not None:
@@ -143,11 +152,6 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         trusted.append(TrustedIssuer(issuer.issuer, keys, algorithms=frozenset(issuer.algorithms)))
     if not trusted and not server.dangerously_allow_unauthenticated and settings.tls.client_auth is None:
         raise ConfigError("no way to authenticate: enable auth.local_issuer, add auth.issuers or tls.client_auth")
-    authorization: Authorization | None = None
-    if settings.oauth.enabled:
-        if local_issuer is None:
-            raise ConfigError("oauth.enabled needs auth.local_issuer (the authorization server signs with it)")
-        authorization = build_authorization(settings, resources, local_issuer, secure=not server.allow_insecure_http)
     verifier = AccessTokenVerifier(
         trusted,
         leeway_seconds=settings.auth.token_leeway_seconds,
@@ -254,7 +258,7 @@ def build_audit(settings: Settings, state_dir: Path) -> AuditSink:
 
 
 def _documents(
-    settings: Settings, resources: Mapping[str, str], metadata_urls: Mapping[str, str], issuer: LocalIssuer | None
+    settings: Settings, resources: Mapping[str, str], metadata_urls: Mapping[str, str], issuer: TokenSigner | None
 ) -> dict[str, bytes]:
     servers = [i.issuer for i in settings.auth.issuers]
     if issuer is not None:
@@ -268,6 +272,7 @@ def _documents(
                 resource=resource, authorization_servers=servers, scopes_supported=scopes, resource_name=name
             )
         )
-    if issuer is not None:
+    if isinstance(issuer, LocalIssuer):
+        # A fixed key can be a fixed document; the key ring's set changes, the authorization server serves it.
         documents[JWKS_PATH] = json_document(issuer.public_keys().as_jwks())
     return documents

@@ -4,6 +4,9 @@ pages, served beside the MCP endpoints by one Starlette router.
 
 ``app.build_gateway`` calls ``build_authorization`` when ``oauth.enabled``; the router is handed to
 ``BastionApp`` for every path that is not an MCP endpoint.
+
+Secrets at rest go through one ``vault.Vault`` (a KEK file in the state directory for now): the private
+halves of the token-signing keys (``oauth.signingkeys``) and the refresh pairs kept for the grace window.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, cast
@@ -29,18 +32,22 @@ from mcp_bastion.identity.users import SQLUserDirectory
 from mcp_bastion.oauth.cimd import ClientMetadataResolver
 from mcp_bastion.oauth.federation import FederatedLogin, OIDCProvider
 from mcp_bastion.oauth.grants import Lifetimes
-from mcp_bastion.oauth.localissuer import LocalIssuer
+from mcp_bastion.oauth.localissuer import KEY_FILENAME, LocalIssuer
 from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.revocationcache import RevocationCache, RevokingStore
-from mcp_bastion.oauth.sealing import MemorySealer
 from mcp_bastion.oauth.server import AuthorizationServer
 from mcp_bastion.oauth.service import OAuthError
+from mcp_bastion.oauth.signer import TokenSigner
+from mcp_bastion.oauth.signingkeys import SigningKeyRing
 from mcp_bastion.oauth.store import OAuthStore
 from mcp_bastion.privatefile import read_private, write_atomic
 from mcp_bastion.secrets import resolve_reference
 from mcp_bastion.settings import OIDCProviderSettings, Settings
 from mcp_bastion.storage.db import Database, default_url
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
+from mcp_bastion.vault.envelope import Vault
+from mcp_bastion.vault.keyfile import DEFAULT_FILENAME, LocalKeyFile
+from mcp_bastion.vault.sealer import VaultSealer
 
 log = logging.getLogger("mcp_bastion.web")
 
@@ -57,6 +64,8 @@ class Authorization:
     """The authorization server and what it owns; started and stopped with the gateway."""
 
     db: Database
+    keys: SigningKeyRing
+    """Signs our access tokens; the gateway's own issuer trusts its ``key_source``."""
     server: AuthorizationServer
     users: SQLUserDirectory
     app: Starlette
@@ -66,9 +75,14 @@ class Authorization:
     federation: dict[str, FederatedLogin] = field(default_factory=dict)
     """External IdPs by name (``oauth.federation``), shared with the pages."""
     _retries: list[asyncio.Task[None]] = field(default_factory=list)
+    _maintain: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         await self.db.upgrade()
+        # Before any request: creates the first key on a new database, and refuses to start (ConfigError)
+        # when no stored key can be opened with this vault, rather than minting with a key nobody trusts.
+        await self.keys.load()
+        self._maintain = asyncio.create_task(self.keys.maintain())
         # An IdP that cannot be discovered does not stop the gateway: it logs an error and its button shows
         # "temporarily unavailable" until a retry succeeds. Refusing to start would turn an outage of the
         # company IdP into an outage of every MCP server behind the gateway, for local users, machine
@@ -81,12 +95,13 @@ class Authorization:
                 self._retries.append(asyncio.create_task(_keep_discovering(name, self.federation[name])))
 
     async def shutdown(self) -> None:
-        for task in self._retries:
+        for task in [*self._retries, *([self._maintain] if self._maintain is not None else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for login in self.federation.values():
             await login.aclose()
+        await self.keys.aclose()
         await self.server.aclose()
         if self.documents is not None:
             await self.documents.aclose()
@@ -131,12 +146,48 @@ class _Limiter:
         self._limiter.success(username, address)
 
 
-def build_authorization(
-    settings: Settings, resources: Mapping[str, str], signer: LocalIssuer, *, secure: bool
-) -> Authorization:
-    """``resources`` maps each endpoint name to its resource URL; the scopes come from the upstream settings."""
+def open_vault(settings: Settings) -> Vault:
+    """The vault of secrets at rest: its KEK file sits in the state directory (created 0600 on first use)."""
+    return Vault(LocalKeyFile(settings.server.state_dir / DEFAULT_FILENAME))
+
+
+def key_ring(db: Database, vault: Vault, settings: Settings) -> SigningKeyRing:
+    """The signing key ring exactly as the gateway builds it, so every process (gateways, ``mcp-bastion keys``,
+    ``mcp-bastion token``) agrees on the issuer and the retire window. The window follows the lifetime *cap*
+    (the ring's default, equal to the settings' upper bound on ``oauth.access_token_lifetime``), not the
+    configured lifetime: lowering the setting must not shorten how long tokens already signed stay valid."""
+    return SigningKeyRing(db, vault, settings.server.base_url, leeway_seconds=settings.auth.token_leeway_seconds)
+
+
+async def mint_token(
+    db: Database,
+    settings: Settings,
+    subject: str,
+    audience: str,
+    *,
+    scope: Iterable[str] = (),
+    lifetime: int = 300,
+    client_id: str = "cli",
+) -> str:
+    """A token of the gateway's own issuer minted outside a running gateway (``mcp-bastion token``, the demo's
+    banner): the key ring's current key when the authorization server is on, else the key file."""
+    signer: TokenSigner
+    if settings.oauth.enabled:
+        ring = key_ring(db, open_vault(settings), settings)
+        await ring.load()
+        signer = ring
+    else:
+        signer = LocalIssuer.load_or_create(settings.server.state_dir / KEY_FILENAME, settings.server.base_url)
+    return signer.mint(subject, audience, scope=scope, lifetime=lifetime, client_id=client_id)
+
+
+def build_authorization(settings: Settings, resources: Mapping[str, str], *, secure: bool) -> Authorization:
+    """``resources`` maps each endpoint name to its resource URL; the scopes come from the upstream settings.
+    Call ``startup()`` before serving: the signing keys are read from the database there."""
     oauth = settings.oauth
     db = Database(default_url(settings))
+    vault = open_vault(settings)
+    signer = key_ring(db, vault, settings)
     revocation = RevocationCache()
     offered = {resources[name]: dict(upstream.scopes) for name, upstream in settings.upstreams.items()}
     documents = None
@@ -153,8 +204,9 @@ def build_authorization(
         issuer=signer.issuer,
         signer=signer,
         store=cast(OAuthStore, RevokingStore(SQLOAuthStore(db), revocation)),
-        # Sealed refresh pairs live only for the grace window; an in-memory key is enough until the vault.
-        sealer=MemorySealer(),
+        # Sealed by the vault, not a per-process key: another replica (or this one after a restart) can
+        # still answer a duplicate refresh inside the grace window.
+        sealer=VaultSealer(vault),
         resources=offered,
         registration_policy=oauth.registration,
         initial_access_tokens=tokens,
@@ -164,6 +216,7 @@ def build_authorization(
             family=oauth.refresh_family_lifetime,
         ),
         metadata_documents=documents,
+        keys=signer.key_source,
     )
     users = SQLUserDirectory(db)
     federation = {
@@ -182,7 +235,7 @@ def build_authorization(
         ),
     ]
     revocation.check = server
-    return Authorization(db, server, users, Starlette(routes=routes), documents, revocation, federation)
+    return Authorization(db, signer, server, users, Starlette(routes=routes), documents, revocation, federation)
 
 
 def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:

@@ -21,6 +21,7 @@ from mcp_bastion.identity.users import SQLUserDirectory
 from mcp_bastion.privatefile import read_private, write_atomic
 from mcp_bastion.settings import Settings, parse_settings
 from mcp_bastion.storage.db import default_url, open_database
+from mcp_bastion.web import mint_token
 
 DEMO_USERS = {"alice": ("analyst",), "bob": ("admin",)}
 """The demo's people: an analyst and an administrator (the policy issue gives the roles their meaning)."""
@@ -69,15 +70,21 @@ async def ensure_demo_users(settings: Settings) -> dict[str, str]:
     return known
 
 
+async def _demo_token(settings: Settings, url: str) -> str:
+    async with open_database(default_url(settings)) as db:
+        return await mint_token(
+            db, settings, "alice", url, scope=["customers.read"], lifetime=TOKEN_LIFETIME, client_id="demo"
+        )
+
+
 def run_demo(state_dir: Path, port: int) -> None:
     settings = demo_settings(state_dir, port)
     context, pki = listener_context(settings)
     passwords = asyncio.run(ensure_demo_users(settings))
     gateway = build_gateway(settings)
-    assert gateway.local_issuer is not None
     assert pki is not None
     url = gateway.resources["customers"]
-    token = gateway.local_issuer.mint("alice", url, scope=["customers.read"], lifetime=TOKEN_LIFETIME, client_id="demo")
+    token = asyncio.run(_demo_token(settings, url))
     print(_banner(url, pki.ca_cert, passwords, token, settings.server.state_dir / "audit.jsonl"), flush=True)
     server = make_server(gateway, context)
     with contextlib.suppress(KeyboardInterrupt):

@@ -14,25 +14,12 @@ import typer
 from rich.table import Table
 
 from mcp_bastion.cli.users import ConfigOption, console, run_with_database, when
-from mcp_bastion.oauth.signingkeys import SigningKeyInfo, SigningKeyRing, list_keys
+from mcp_bastion.oauth.signingkeys import SigningKeyInfo, list_keys
 from mcp_bastion.settings import Settings
 from mcp_bastion.storage.db import Database
-from mcp_bastion.vault.envelope import Vault
-from mcp_bastion.vault.keyfile import DEFAULT_FILENAME, LocalKeyFile
+from mcp_bastion.web import key_ring, open_vault
 
 app = typer.Typer(no_args_is_help=True, help="Token-signing keys of the built-in authorization server.")
-
-
-def key_ring(db: Database, settings: Settings) -> SigningKeyRing:
-    """The key ring exactly as the gateway builds it (the same retire window in every process)."""
-    vault = Vault(LocalKeyFile(settings.server.state_dir / DEFAULT_FILENAME))
-    return SigningKeyRing(
-        db,
-        vault,
-        settings.server.base_url,
-        max_token_lifetime=settings.oauth.access_token_lifetime,
-        leeway_seconds=settings.auth.token_leeway_seconds,
-    )
 
 
 @app.command()
@@ -46,7 +33,7 @@ def rotate(
     """Make a new signing key current; the previous one retires (published until its tokens expire)."""
 
     async def command(db: Database, settings: Settings) -> tuple[str, float]:
-        ring = key_ring(db, settings)
+        ring = key_ring(db, open_vault(settings), settings)
         return await ring.rotate(revoke_previous=revoke_previous), ring.retire_window
 
     kid, window = run_with_database(config, command)

@@ -1,4 +1,5 @@
-"""The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config``."""
+"""The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config`` and the groups ``users``,
+``clients``, ``keys``."""
 
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def token(
     lifetime: Annotated[int, typer.Option(help="Seconds; at most 3600.", max=3600, min=1)] = 300,
 ) -> None:
     """Mint a short-lived access token from the built-in issuer (operators and tests)."""
-    from mcp_bastion.app import LOCAL_ISSUER_KEY
-    from mcp_bastion.oauth.localissuer import LocalIssuer
+    from mcp_bastion.cli.users import run_with_database
+    from mcp_bastion.storage.db import Database
+    from mcp_bastion.web import mint_token
 
     settings = _settings(config)
     if server not in settings.upstreams:
@@ -77,9 +79,12 @@ def token(
         typer.echo("auth.local_issuer is off: tokens come from your identity provider", err=True)
         raise typer.Exit(2)
     settings.server.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    issuer = LocalIssuer.load_or_create(settings.server.state_dir / LOCAL_ISSUER_KEY, settings.server.base_url)
     audience = f"{settings.server.base_url}/mcp/{server}"
-    typer.echo(issuer.mint(subject, audience, scope=scope.split(), lifetime=lifetime, client_id="cli"))
+
+    async def command(db: Database, settings: Settings) -> str:
+        return await mint_token(db, settings, subject, audience, scope=scope.split(), lifetime=lifetime)
+
+    typer.echo(run_with_database(config, command))
 
 
 @app.command()
@@ -101,10 +106,11 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from mcp_bastion.cli import clients, users
+    from mcp_bastion.cli import clients, keys, users
 
     app.add_typer(users.app, name="users")
     app.add_typer(clients.app, name="clients")
+    app.add_typer(keys.app, name="keys")
 
 
 _register_groups()

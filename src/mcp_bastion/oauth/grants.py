@@ -3,7 +3,7 @@
 RFC 6749 §4.1.3 (code redemption: bound to client and redirect URI), §4.1.2 (a replayed code revokes what
 it issued), §4.4 (client credentials), §5.1 (the response), §6 (refresh: never a wider scope); RFC 7636
 §4.6 (PKCE); RFC 8707 §2.2 (``resource`` at the token endpoint: the audience, never a new one); RFC 9068
-(JWT access tokens, minted by ``LocalIssuer``); RFC 9700 §4.14.2 (refresh tokens rotate on every use;
+(JWT access tokens, minted by the ``TokenSigner``); RFC 9700 §4.14.2 (refresh tokens rotate on every use;
 reuse of a rotated one revokes the grant) and §2.2.2 (refresh tokens bound to the client).
 
 Invariants:
@@ -31,9 +31,9 @@ import orjson
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.message import JSONValue
 from mcp_bastion.oauth import pkce, scopes
-from mcp_bastion.oauth.localissuer import LocalIssuer
 from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.sealing import Sealer, Unsealable
+from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.store import ClientRecord, FamilyRecord, OAuthStore, RefreshRecord
 
 MAX_ACCESS_TOKEN_LIFETIME: Final = 3600
@@ -100,7 +100,7 @@ class TokenEndpoint:
         self,
         *,
         store: OAuthStore,
-        signer: LocalIssuer,
+        signer: TokenSigner,
         sealer: Sealer,
         resources: Mapping[str, frozenset[str]],
         lifetimes: Lifetimes,

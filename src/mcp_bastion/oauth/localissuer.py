@@ -1,6 +1,8 @@
 """A small local token issuer: one ES256 key in a 0600 file, minting RFC 9068 access tokens.
 
-Used by the demo and the tests until the authorization server exists. RFC 9068 §2.1 (header: ``typ``
+The gateway's own issuer when the authorization server is off (``oauth.enabled = false``, the key then
+never rotates), and the signer of the authorization server's unit tests; with the authorization server on,
+``signingkeys.SigningKeyRing`` signs instead. RFC 9068 §2.1 (header: ``typ``
 ``at+jwt``), §2.2 (claims: iss, exp, aud, sub, client_id, iat, jti, plus scope §2.2.3), RFC 7638 (the
 ``kid`` is the key's thumbprint), RFC 7518 §3.4 (ES256).
 
@@ -30,6 +32,8 @@ from mcp_bastion.oauth.jwks import KeySet
 from mcp_bastion.privatefile import read_private, write_atomic
 
 ALGORITHM: Final = "ES256"
+KEY_FILENAME: Final = "issuer-es256.jwk"
+"""The key file's name inside ``server.state_dir``."""
 MAX_KEY_FILE_BYTES: Final = 16 * 1024
 _SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 """RFC 6749 §3.3 scope-token."""

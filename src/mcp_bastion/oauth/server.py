@@ -37,12 +37,13 @@ from mcp_bastion.oauth import asmetadata, pkce, redirects, registration, scopes
 from mcp_bastion.oauth.access_token import AccessClaims
 from mcp_bastion.oauth.clientauth import ASSERTION_ALGORITHMS, ClientKeys, RegisteredClientKeys, authenticate_client
 from mcp_bastion.oauth.grants import Lifetimes, TokenEndpoint, digest, new_token
-from mcp_bastion.oauth.localissuer import LocalIssuer
+from mcp_bastion.oauth.jwks import KeySource
 from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.registration import RegistrationPolicy
 from mcp_bastion.oauth.revocation import TokenStatus
 from mcp_bastion.oauth.sealing import Sealer
 from mcp_bastion.oauth.service import ClientView, Consent, PendingAuthorization, User
+from mcp_bastion.oauth.signer import SignerKeys, TokenSigner
 from mcp_bastion.oauth.store import (
     ClientRecord,
     CodeRecord,
@@ -100,7 +101,7 @@ class AuthorizationServer:
         self,
         *,
         issuer: str,
-        signer: LocalIssuer,
+        signer: TokenSigner,
         store: OAuthStore,
         sealer: Sealer,
         resources: Mapping[str, Iterable[str]],
@@ -110,11 +111,14 @@ class AuthorizationServer:
         lifetimes: Lifetimes | None = None,
         client_keys: ClientKeys | None = None,
         metadata_documents: MetadataDocuments | None = None,
+        keys: KeySource | None = None,
         clock: Callable[[], float] = time.time,
         random: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         """``resources`` maps each MCP endpoint URL (an RFC 8707 resource) to the scopes it offers; a mapping
-        of scope → description also works, and the descriptions then appear on the consent page."""
+        of scope → description also works, and the descriptions then appear on the consent page. ``keys`` is
+        where revocation and introspection look up our own keys (default: the signer's published set; the
+        key ring's ``key_source`` also follows rotations made by other processes)."""
         if signer.issuer != issuer:
             raise ConfigError(f"signer issuer {signer.issuer!r} differs from the server's issuer {issuer!r}")
         if not resources:
@@ -155,7 +159,11 @@ class AuthorizationServer:
             random=random,
         )
         self._status = TokenStatus(
-            issuer=issuer, keys=signer.public_keys(), store=store, resources=tuple(offered), clock=clock
+            issuer=issuer,
+            keys=keys if keys is not None else SignerKeys(signer),
+            store=store,
+            resources=tuple(offered),
+            clock=clock,
         )
 
     @property

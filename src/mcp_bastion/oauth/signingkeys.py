@@ -25,9 +25,10 @@ Invariants:
   (cannot be unsealed, other kid, other curve or algorithm, a ``public_jwk`` column that disagrees) is left
   out and logged by kid only, never trusted;
 - ``mint`` refuses lifetimes over ``max_token_lifetime`` (the retire window would not cover them);
-- the ``KeySource`` view re-reads the table at most every ``refresh_interval``, and on an unknown ``kid``
-  at most once per ``UNKNOWN_KID_INTERVAL_SECONDS`` (invented kids cannot make it hammer the database); a
-  view that could not be refreshed for ``max_stale`` raises ``Unavailable`` instead of trusting old data;
+- the ``KeySource`` view re-reads the table every ``refresh_interval``, and on an unknown ``kid`` once per
+  ``UNKNOWN_KID_INTERVAL_SECONDS`` at most: lookups of unknown kids wait for one shared read (invented kids
+  cannot make it hammer the database, and a new key's tokens wait instead of being refused); a view that
+  could not be refreshed for ``max_stale`` raises ``Unavailable`` instead of trusting old data;
 - two rings creating the first key at once on PostgreSQL may both insert one; every ring then signs with
   the newest (``created_at``, then ``kid``), both stay published, and the next rotation retires both.
 """
@@ -35,11 +36,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, final
 
 import anyio
 import orjson
@@ -68,30 +70,6 @@ UNKNOWN_KID_INTERVAL_SECONDS: Final = 1.0
 MAX_SIGNING_STALENESS_SECONDS: Final = 300.0
 MAX_STALE_SECONDS: Final = 600.0
 _PUBLIC_MEMBERS: Final = ("kty", "crv", "x", "y")
-
-
-class TokenSigner(Protocol):
-    """What the authorization server needs from its signer: ``LocalIssuer`` and ``SigningKeyRing``."""
-
-    @property
-    def issuer(self) -> str: ...
-
-    @property
-    def kid(self) -> str: ...
-
-    def public_keys(self) -> KeySet: ...
-
-    def mint(
-        self,
-        subject: str,
-        audience: str,
-        *,
-        scope: Iterable[str] = (),
-        lifetime: int = 300,
-        client_id: str = "demo",
-        now: float | None = None,
-        extra: Mapping[str, object] | None = None,
-    ) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +163,8 @@ class SigningKeyRing:
         self._opened: dict[str, tuple[bytes, ECKey]] = {}
         """kid -> (sealed blob, private key): rows already unsealed and checked, so refreshes stay cheap."""
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
+        self._reread_task: asyncio.Task[None] | None = None
+        self._reread_started: float | None = None
 
     # -- TokenSigner ---------------------------------------------------------------------------------
 
@@ -285,6 +265,14 @@ class SigningKeyRing:
             except (Unavailable, ConfigError) as exc:
                 logger.warning("signing keys not refreshed: %s", exc.detail)
 
+    async def aclose(self) -> None:
+        """Stop a pending unknown-kid read (before the database closes)."""
+        task = self._reread_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     @property
     def key_source(self) -> RingKeySource:
         """The ``jwks.KeySource`` for a ``TrustedIssuer`` of this issuer (follows rotations)."""
@@ -298,14 +286,24 @@ class SigningKeyRing:
         return self._view
 
     async def _key_for(self, kid: str | None) -> PublicKey | None:
+        now = self._clock()
         if self._view is not None:
             key = self.public_keys().get(kid)
-            if key is not None and not self._schedule.fetch_due(self._clock(), unknown_kid=False):
+            if key is None:
+                # A kid we do not know: a key another process created since our last read, or an invented
+                # one. Every lookup meanwhile waits for one shared read that starts no sooner than
+                # ``min_refetch_interval`` after the previous one: invented kids cost at most one read per
+                # interval, and a token of a genuinely new key is accepted after at most that delay instead of
+                # being refused (a 401 would make its client throw away a good token and log in again).
+                await asyncio.shield(self._reread(now))
+                if not self._schedule.usable(self._clock()):
+                    raise Unavailable("signing keys could not be read from the database")
+                return self.public_keys().get(kid)
+            if not self._schedule.fetch_due(now, unknown_kid=False):
                 return key
         async with self._lock:
             now = self._clock()
-            unknown = self._view is None or self.public_keys().get(kid) is None
-            if self._schedule.fetch_due(now, unknown_kid=unknown):
+            if self._schedule.fetch_due(now, unknown_kid=self._view is None):
                 try:
                     await self._refresh_recording(now)
                 except (Unavailable, ConfigError) as exc:
@@ -313,6 +311,29 @@ class SigningKeyRing:
             if self._view is None or not self._schedule.usable(now):
                 raise Unavailable("signing keys could not be read from the database")
             return self.public_keys().get(kid)
+
+    def _reread(self, asked_at: float) -> asyncio.Task[None]:
+        """The shared read for unknown kids asked about at ``asked_at``: the pending one if its read has not
+        started before that moment, else a new one scheduled after the throttle interval."""
+        task = self._reread_task
+        started = self._reread_started
+        if task is not None and not task.done() and (started is None or started >= asked_at):
+            return task
+        attempted = self._schedule.attempted_at
+        interval = self._schedule.min_refetch_interval
+        delay = 0.0 if attempted is None else min(interval, max(0.0, attempted + interval - asked_at))
+        self._reread_started = None
+        self._reread_task = asyncio.create_task(self._reread_after(delay))
+        return self._reread_task
+
+    async def _reread_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            self._reread_started = now = self._clock()
+            try:
+                await self._refresh_recording(now)
+            except (Unavailable, ConfigError) as exc:
+                logger.warning("signing keys not refreshed: %s", exc.detail)
 
     async def _refresh_recording(self, now: float) -> None:
         self._schedule.attempted_at = now
