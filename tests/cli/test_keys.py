@@ -59,4 +59,3 @@ def test_revoking_a_leaked_key_refuses_its_tokens(tmp_path: Path) -> None:
         anyio.run(verify_with_ring, tmp_path, leaked, AUDIENCE)
     assert refused.value.reason == "token_key_unknown"
     assert anyio.run(verify_with_ring, tmp_path, mint(path), AUDIENCE).subject == "alice"
-
