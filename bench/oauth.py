@@ -145,11 +145,20 @@ class Plan:
 
 def write_config(workdir: Path, python: str, port: int) -> Path:
     state = workdir / "state"
+    policy = workdir / "bench.cedar"
     upstream = [python, "-m", "mcp_bastion.demo.echo", "--stdio"]
     config = (
         f'[server]\nhost = "127.0.0.1"\nport = {port}\nstate_dir = {json.dumps(str(state))}\n\n'
         f"[upstreams.{UPSTREAM}]\ncommand = {json.dumps(upstream)}\n"
         f'scopes = {{ "{SCOPE}" = "Call the echo tool" }}\n'
+        f'[upstreams.{UPSTREAM}.tools.echo]\nscopes = ["{SCOPE}"]\n'
+        f'[policy]\nfiles = [{json.dumps(str(policy))}]\n'
+        '[policy.rate_limits]\nper_user = "1000000/second"\nper_tool = "1000000/second"\n'
+    )
+    policy.write_text(
+        f'permit(principal, action == Action::"grant_scope", resource == Scope::"{SCOPE}");\n'
+        "permit(principal, action, resource);\n",
+        encoding="utf-8",
     )
     path = workdir / "gateway.toml"
     path.write_text(config, encoding="utf-8")

@@ -117,6 +117,14 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+BENCH_POLICY = """
+@id("bench-calls")
+permit(principal == User::"bench", action in [Action::"tools/call", Action::"list"], resource);
+@id("no-destructive")
+forbid(principal, action == Action::"tools/call", resource) when { resource.destructive && resource.name == "drop" };
+"""
+
+
 def start_rig(python: str, workdir: Path, width: int, children: Children) -> Rig:
     echo_urls: list[str] = []
     echo_pids: list[int] = []
@@ -131,7 +139,15 @@ def start_rig(python: str, workdir: Path, width: int, children: Children) -> Rig
     port = _free_port()
     state = workdir / "state"
     names = [f"echo{index + 1}" for index in range(width)]
-    config = [f'[server]\nhost = "127.0.0.1"\nport = {port}\nstate_dir = "{state}"\n']
+    # A real policy and real rate limits, so their cost is in the figures: the bench user may call the echo
+    # servers' tools (one permit, one forbid to evaluate); the buckets are sized never to refuse.
+    policy_file = workdir / "bench.cedar"
+    policy_file.write_text(BENCH_POLICY, encoding="utf-8")
+    config = [
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\nstate_dir = "{state}"\n',
+        f'[policy]\nfiles = ["{policy_file}"]\n[policy.rate_limits]\n'
+        'per_user = "1000000/second"\nper_tool = "1000000/second"\nper_client = "1000000/second"\n',
+    ]
     config += [
         f'[upstreams.{name}]\nurl = "{url}"\nallow_insecure_http = true\n'
         for name, url in zip(names, echo_urls, strict=True)

@@ -29,14 +29,21 @@ from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.pipeline import ADMISSION_STAGES, REQUEST_STAGES, RESPONSE_STAGES
 from mcp_bastion.pipeline.authenticate import Authenticate
 from mcp_bastion.pipeline.authorize import Authorize
+from mcp_bastion.pipeline.filter import FilterLists
 from mcp_bastion.pipeline.forward import Forward
 from mcp_bastion.pipeline.parse import Parse
 from mcp_bastion.pipeline.reply import CheckReply
 from mcp_bastion.pipeline.session import Sessions
 from mcp_bastion.pipeline.stage import Gate, ResponseStage, Stage
+from mcp_bastion.pipeline.throttle import Throttle
 from mcp_bastion.pipeline.transport import Transport, hosts_for, origin_of
+from mcp_bastion.policy.authorizer import Authorizer, ScopeGrants
+from mcp_bastion.policy.catalog import ToolCatalog
+from mcp_bastion.policy.ratelimit import Buckets, MemoryBuckets, Rate, RedisBuckets
+from mcp_bastion.policy.store import PolicyStore
+from mcp_bastion.secrets import resolve_reference
 from mcp_bastion.sessions import SessionStore
-from mcp_bastion.settings import Settings, UpstreamSettings
+from mcp_bastion.settings import RateLimitSettings, Settings, UpstreamSettings
 from mcp_bastion.tls.context import upstream_context
 from mcp_bastion.tls.peercert import peer_identity
 from mcp_bastion.upstream.base import Upstream
@@ -68,6 +75,10 @@ class Gateway:
     remote_keys: list[RemoteKeySet] = field(default_factory=list)
     authorization: Authorization | None = None
     """The built-in authorization server, its storage and pages (``oauth.enabled``)."""
+    policy: PolicyStore | None = None
+    """The policy in force (reloaded on SIGHUP and file changes)."""
+    buckets: Buckets | None = None
+    """Rate-limit buckets (in-process, or Redis)."""
     app: BastionApp = field(init=False)
     _reaper: asyncio.Task[None] | None = None
 
@@ -84,6 +95,8 @@ class Gateway:
     async def startup(self) -> None:
         for message in self.settings.warnings():
             log.warning("INSECURE: %s", message)
+        if self.policy is not None:
+            await self.policy.start()
         if self.authorization is not None:
             await self.authorization.startup()
         for keys in self.remote_keys:
@@ -105,6 +118,10 @@ class Gateway:
             await keys.aclose()
         if self.authorization is not None:
             await self.authorization.shutdown()
+        if self.policy is not None:
+            await self.policy.aclose()
+        if self.buckets is not None:
+            await self.buckets.aclose()
         self.audit.close()
 
     def refused_connection(self, reason: str, remote: str) -> None:
@@ -126,6 +143,12 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     base = server.base_url
     resources = {name: f"{base}/mcp/{name}" for name in settings.upstreams}
 
+    audit_sink = audit if audit is not None else build_audit(settings, state_dir)
+    policy = settings.policy
+    policy_store = PolicyStore(policy.files, policy.arguments, audit=audit_sink, watch=policy.watch)
+    catalog = ToolCatalog.from_settings(settings.upstreams)
+    authorizer = Authorizer(policy_store, catalog, policy.arguments)
+
     trusted: list[TrustedIssuer] = []
     remote: list[RemoteKeySet] = []
     authorization: Authorization | None = None
@@ -133,7 +156,12 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     if settings.oauth.enabled:
         if not settings.auth.local_issuer:
             raise ConfigError("oauth.enabled needs auth.local_issuer (the authorization server signs with it)")
-        authorization = build_authorization(settings, resources, secure=not server.allow_insecure_http)
+        authorization = build_authorization(
+            settings,
+            resources,
+            secure=not server.allow_insecure_http,
+            scope_policy=ScopeGrants(policy_store, base),
+        )
         local_issuer = authorization.keys
         trusted.append(TrustedIssuer(local_issuer.issuer, authorization.keys.key_source))
     elif settings.auth.local_issuer:
@@ -165,6 +193,8 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         max_per_principal=limits.max_sessions_per_principal, idle_seconds=limits.session_idle_seconds
     )
     client_auth = settings.tls.client_auth
+    rates = Rates.from_settings(policy.rate_limits)
+    buckets = build_buckets(policy.rate_limits)
 
     stages: dict[type, Stage | ResponseStage] = {
         Transport: Transport(
@@ -178,14 +208,19 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             resources=resources,
             mtls_identity=peer_identity if client_auth is not None else None,
             allow_unauthenticated=server.dangerously_allow_unauthenticated,
+            roles_claims={issuer.issuer: issuer.roles_claim for issuer in settings.auth.issuers},
         ),
         Parse: Parse(max_json_depth=limits.max_json_depth),
         Sessions: Sessions(sessions),
-        Authorize: Authorize(allowed_methods={name: allowed_methods(up) for name, up in settings.upstreams.items()}),
+        Throttle: Throttle(buckets, per_user=rates.per_user, per_client=rates.per_client, per_tool=rates.per_tool),
+        Authorize: Authorize(
+            allowed_methods={name: allowed_methods(up) for name, up in settings.upstreams.items()},
+            authorizer=authorizer,
+        ),
         Forward: Forward(sessions),
         CheckReply: CheckReply(sessions),
+        FilterLists: FilterLists(authorizer),
     }
-    audit_sink = audit if audit is not None else build_audit(settings, state_dir)
     gate = Gate(
         admission=[stages[cls] for cls in ADMISSION_STAGES],  # type: ignore[misc]
         request=[stages[cls] for cls in REQUEST_STAGES],  # type: ignore[misc]
@@ -214,6 +249,8 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         resources,
         remote,
         authorization,
+        policy_store,
+        buckets,
     )
 
 
@@ -248,6 +285,37 @@ def build_upstream(name: str, settings: UpstreamSettings, root: Settings) -> Ups
         max_json_depth=limits.max_json_depth,
         request_timeout=limits.upstream_timeout,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    per_user: Rate | None
+    per_client: Rate | None
+    per_tool: Rate | None
+
+    @classmethod
+    def from_settings(cls, limits: RateLimitSettings) -> Rates:
+        def parse(text: str | None, name: str) -> Rate | None:
+            if text is None:
+                return None
+            try:
+                return Rate.parse(text)
+            except ConfigError as exc:
+                raise ConfigError(f"policy.rate_limits.{name}: {exc.detail}") from exc
+
+        return cls(
+            parse(limits.per_user, "per_user"),
+            parse(limits.per_client, "per_client"),
+            parse(limits.per_tool, "per_tool"),
+        )
+
+
+def build_buckets(limits: RateLimitSettings) -> Buckets:
+    if limits.redis_url is None:
+        return MemoryBuckets()
+    password = limits.redis_password
+    secret = resolve_reference(password, "policy.rate_limits.redis_password") if password is not None else None
+    return RedisBuckets(limits.redis_url, password=secret)
 
 
 def build_audit(settings: Settings, state_dir: Path) -> AuditSink:

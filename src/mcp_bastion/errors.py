@@ -13,6 +13,8 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── TransportRejected   not https / bad Host / bad Origin / client certificate refused
     │   ├── Unauthenticated     401 + WWW-Authenticate (RFC 6750, RFC 9728 resource_metadata)
     │   ├── Forbidden           the caller is known but may not do this
+    │   │   ├── PolicyDenied    no policy permits it, or one forbids it (JSON-RPC error, HTTP 200)
+    │   │   └── InsufficientScope  the token lacks a scope the call needs: 403 + WWW-Authenticate
     │   ├── SessionRejected     unknown, expired or foreign Mcp-Session-Id (all look alike: 404)
     │   ├── MalformedRequest    JSON-RPC -32600
     │   │   └── ParseFailed     JSON-RPC -32700
@@ -113,6 +115,37 @@ class Forbidden(Rejected):
     reason = "forbidden"
     http_status = 403
     public_message = "not permitted"
+
+
+class PolicyDenied(Forbidden):
+    """The policy does not allow this call (``reason``: ``policy_no_permit``, ``policy_forbid`` or
+    ``policy_error``). A JSON-RPC error the model can read; the deciding policies go to the audit only."""
+
+    reason = "policy_denied"
+    http_status = 200
+    public_message = "not permitted by policy"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, policies: tuple[str, ...] = ()) -> None:
+        super().__init__(detail, reason=reason)
+        self.policies = policies
+        """The forbid policies that denied (empty when simply no policy permitted), for the audit record."""
+
+    @property
+    def public_reason(self) -> str:
+        return "policy_denied"  # which rule decided is for the audit log, not for the caller
+
+
+class InsufficientScope(Forbidden):
+    """The token lacks a scope the call needs: 403 with ``WWW-Authenticate: Bearer error="insufficient_scope",
+    scope="..."`` (RFC 6750 §3.1; MCP's step-up authorization), so the client can ask for it."""
+
+    reason = "insufficient_scope"
+    public_message = "insufficient scope"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, scopes: frozenset[str] = frozenset()) -> None:
+        super().__init__(detail, reason=reason)
+        self.scopes = scopes
+        """Every scope the call needs (RFC 6750 §3.1: the scope necessary to access the resource)."""
 
 
 class SessionRejected(Rejected):

@@ -17,6 +17,7 @@ from mcp_bastion.errors import BastionError
 from mcp_bastion.jsonrpc.message import Body, Message
 
 if TYPE_CHECKING:
+    from mcp_bastion.policy.engine import Decision as PolicyDecision
     from mcp_bastion.sessions import Session
     from mcp_bastion.upstream.base import Channel, Reply, Upstream
 
@@ -50,6 +51,14 @@ class Principal:
     client_id: str | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
     expires_at: float | None = None
+    roles: frozenset[str] = field(default_factory=frozenset)
+    """Roles from the token's ``roles`` claim (RFC 9068 §2.2.3.1) or the issuer's configured claim."""
+    preferred_username: str | None = None
+    """The human-readable name (OIDC ``preferred_username``); policies see ``subject`` when absent."""
+
+    @property
+    def username(self) -> str:
+        return self.preferred_username or self.subject
 
     @property
     def key(self) -> str:
@@ -66,10 +75,12 @@ class Exchange:
         "batch_index",
         "body",
         "channel",
+        "decision",
         "endpoint",
         "era",
         "http",
         "message",
+        "policy_version",
         "principal",
         "rejection",
         "reply",
@@ -104,6 +115,10 @@ class Exchange:
     """Set by ``session``: the gateway session this message belongs to (None in the modern era)."""
     channel: Channel
     """Set by ``session``: the upstream channel the message is forwarded on."""
+    decision: PolicyDecision | None
+    """Set by ``authorize``: the policy's decision (None: not decided by policy, e.g. ``initialize``)."""
+    policy_version: str | None
+    """Set by ``authorize``: the version of the policy set that decided."""
     reply: Reply
     """Set by ``forward``: the upstream's answer (JSON, SSE stream, or accepted)."""
     upstream_status: int | None
@@ -125,6 +140,8 @@ class Exchange:
         self.batch_index = None
         self.answered = False
         self.answer_error = None
+        self.decision = None
+        self.policy_version = None
 
     def child(self, message: Message, index: int) -> Exchange:
         """A sibling exchange for one message of a batch: same HTTP facts and principal, own audit record."""

@@ -87,6 +87,8 @@ class IssuerSettings(_Model):
     algorithms: tuple[Literal["ES256", "EdDSA", "RS256"], ...] = ("ES256", "EdDSA", "RS256")
     allow_insecure_http: bool = False
     """Fetch ``jwks_url`` over plain HTTP (only for a loopback host)."""
+    roles_claim: str = "roles"
+    """The claim listing the user's roles (an array, or a space-separated string), e.g. ``groups``."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerSettings:
@@ -183,6 +185,41 @@ class AuditSettings(_Model):
     """JSON-lines file; defaults to ``<state_dir>/audit.jsonl``. ``-`` writes to standard output."""
 
 
+class ToolSettings(_Model):
+    """What the gateway believes about one tool, whatever its server says."""
+
+    scopes: tuple[str, ...] | None = None
+    """The OAuth scopes a call needs (replaces the ones derived from annotations; ``[]``: none)."""
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+
+
+class RateLimitSettings(_Model):
+    """Token buckets ("60/minute", "10/second burst 20"); omit one to leave that dimension unlimited."""
+
+    per_user: str | None = "600/minute burst 100"
+    per_client: str | None = None
+    per_tool: str | None = "120/minute burst 30"
+    """Per (user, tool): one user hammering one tool."""
+    redis_url: str | None = None
+    """Share the buckets between replicas (``redis://`` or ``rediss://``); in-process when absent."""
+    redis_password: str | None = None
+    """A secret reference (``env:NAME``, ``file:/path``) or literal."""
+
+
+class PolicySettings(_Model):
+    """Cedar policies (``policy/`` explains the schema). No files: every call is denied (logged at start)."""
+
+    files: tuple[Path, ...] = ()
+    arguments: Mapping[str, Literal["String", "Long", "Bool", "Set<String>", "Set<Long>"]] = Field(default_factory=dict)
+    """Tool/prompt arguments policies may read, with their Cedar types (others are invisible to policies)."""
+    watch: bool = True
+    """Reload when a file changes (SIGHUP always reloads); a bad new set is refused, the old one stays."""
+    rate_limits: RateLimitSettings = RateLimitSettings()
+
+
 class UpstreamSettings(_Model):
     """One MCP server behind the gateway, served at ``/mcp/<name>``. Exactly one of url or command."""
 
@@ -204,6 +241,10 @@ class UpstreamSettings(_Model):
     """OAuth scopes this server's tokens may carry, each with the words the consent page shows."""
     deny_methods: tuple[str, ...] = ()
     """MCP methods refused for this upstream."""
+    scope_prefix: str | None = None
+    """Derived tool scopes are ``<prefix>.read`` / ``.write`` / ``.delete`` (default: the upstream's name)."""
+    tools: Mapping[str, ToolSettings] = Field(default_factory=dict)
+    """Per-tool overrides of what the server declares (annotations are the server's claims, not facts)."""
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamSettings:
@@ -265,6 +306,7 @@ class Settings(_Model):
     storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
     audit: AuditSettings = AuditSettings()
+    policy: PolicySettings = PolicySettings()
     upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
 
     @field_validator("upstreams")

@@ -35,7 +35,7 @@ from mcp_bastion.oauth.grants import Lifetimes
 from mcp_bastion.oauth.localissuer import KEY_FILENAME, LocalIssuer
 from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.revocationcache import RevocationCache, RevokingStore
-from mcp_bastion.oauth.server import AuthorizationServer
+from mcp_bastion.oauth.server import AuthorizationServer, ScopePolicy, allow_all
 from mcp_bastion.oauth.service import OAuthError
 from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.signingkeys import SigningKeyRing
@@ -168,6 +168,8 @@ async def mint_token(
     scope: Iterable[str] = (),
     lifetime: int = 300,
     client_id: str = "cli",
+    roles: Iterable[str] = (),
+    username: str | None = None,
 ) -> str:
     """A token of the gateway's own issuer minted outside a running gateway (``mcp-bastion token``, the demo's
     banner): the key ring's current key when the authorization server is on, else the key file."""
@@ -178,10 +180,17 @@ async def mint_token(
         signer = ring
     else:
         signer = LocalIssuer.load_or_create(settings.server.state_dir / KEY_FILENAME, settings.server.base_url)
-    return signer.mint(subject, audience, scope=scope, lifetime=lifetime, client_id=client_id)
+    extra: dict[str, object] = {}
+    if roles:
+        extra["roles"] = sorted(set(roles))
+    if username:
+        extra["preferred_username"] = username
+    return signer.mint(subject, audience, scope=scope, lifetime=lifetime, client_id=client_id, extra=extra)
 
 
-def build_authorization(settings: Settings, resources: Mapping[str, str], *, secure: bool) -> Authorization:
+def build_authorization(
+    settings: Settings, resources: Mapping[str, str], *, secure: bool, scope_policy: ScopePolicy = allow_all
+) -> Authorization:
     """``resources`` maps each endpoint name to its resource URL; the scopes come from the upstream settings.
     Call ``startup()`` before serving: the signing keys are read from the database there."""
     oauth = settings.oauth
@@ -217,6 +226,7 @@ def build_authorization(settings: Settings, resources: Mapping[str, str], *, sec
         ),
         metadata_documents=documents,
         keys=signer.key_source,
+        scope_policy=scope_policy,
     )
     users = SQLUserDirectory(db)
     federation = {

@@ -85,7 +85,7 @@ async def log_in_and_consent(
         page = await http.get(authorization_url)
         if page.status_code == 303:  # refused with a redirect back to the client
             return Redirected(page.headers["location"])
-        assert page.status_code == 200, page.text[:2000]
+        assert page.status_code == 200, (page.status_code, page.headers.get("location"), page.text[:2000])
         action, fields = _form(page.text)
         login = await http.post(
             urljoin(authorization_url, action), data={**fields, "username": username, "password": password}
@@ -106,7 +106,7 @@ async def press_sign_in_with(
     """Open the login page and press "Sign in with …" for ``provider``: the 303 to the IdP, and the form's
     hidden fields (``pending``, ``csrf``)."""
     page = await http.get(authorization_url)
-    assert page.status_code == 200, page.text[:2000]
+    assert page.status_code == 200, (page.status_code, page.headers.get("location"), page.text[:2000])
     action = f"/authorize/federated/{provider}"
     fields = forms(page.text)[action]
     pressed = await http.post(urljoin(authorization_url, action), data=fields)

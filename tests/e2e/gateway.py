@@ -76,6 +76,13 @@ async def running_gateway(
     }
     if extra_origins is not None:
         server_section["allowed_origins"] = extra_origins(port)
+    if "policy" not in sections:
+        # Tests of other features run under a policy that permits everything, without rate limits; the
+        # policy and rate-limit tests pass their own ``policy`` section.
+        allow_all = tmp_path / "allow-all.cedar"
+        allow_all.write_text("permit(principal, action, resource);\n")
+        no_limits = {"per_user": None, "per_client": None, "per_tool": None}
+        sections["policy"] = {"files": [str(allow_all)], "rate_limits": no_limits}
     settings = parse_settings({"server": server_section, "upstreams": dict(upstreams), **sections})
     context, pki = listener_context(settings)
     gateway = build_gateway(settings)

@@ -214,7 +214,7 @@ async def test_deny() -> None:
     assert "code" not in params
 
 
-def _read_only(user: User, resource: str, requested: frozenset[str]) -> frozenset[str]:
+def _read_only(user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]:
     return frozenset({"customers:read"}) if "staff" in user.roles else frozenset()
 
 

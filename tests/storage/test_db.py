@@ -147,7 +147,7 @@ async def test_two_processes_starting_at_once_both_migrate(tmp_path: Path) -> No
             async with anyio.create_task_group() as group:
                 group.start_soon(first.upgrade)
                 group.start_soon(second.upgrade)
-        assert await first.revision() == await second.revision() == "0002_signing_keys"
+        assert await first.revision() == await second.revision() == "0003_family_identity"
     finally:
         await first.aclose()
         await second.aclose()

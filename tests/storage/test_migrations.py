@@ -19,7 +19,7 @@ from tests.storage.support import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
-HEAD = "0002_signing_keys"
+HEAD = "0003_family_identity"
 
 
 def _tables(connection: Connection) -> set[str]:

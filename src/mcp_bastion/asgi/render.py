@@ -7,7 +7,7 @@ anything about the upstream's internals.
 
 from __future__ import annotations
 
-from mcp_bastion.errors import BastionError, RateLimited, Unauthenticated
+from mcp_bastion.errors import BastionError, InsufficientScope, RateLimited, Unauthenticated
 from mcp_bastion.jsonrpc.message import RequestId, error_response
 from mcp_bastion.oauth.bearer import www_authenticate
 
@@ -24,6 +24,13 @@ def error_headers(error: BastionError, *, resource_metadata_url: str | None) -> 
     headers = list(JSON_HEADERS)
     if isinstance(error, Unauthenticated) and resource_metadata_url is not None:
         challenge = www_authenticate(resource_metadata_url=resource_metadata_url, error=error.error)
+        headers.append((b"www-authenticate", challenge.encode("latin-1")))
+    if isinstance(error, InsufficientScope) and resource_metadata_url is not None:
+        challenge = www_authenticate(
+            resource_metadata_url=resource_metadata_url,
+            error="insufficient_scope",
+            scope=" ".join(sorted(error.scopes)),
+        )
         headers.append((b"www-authenticate", challenge.encode("latin-1")))
     if isinstance(error, RateLimited):
         headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))

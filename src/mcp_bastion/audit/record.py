@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from mcp_bastion.errors import ClientDisconnected, Rejected
+from mcp_bastion.errors import ClientDisconnected, PolicyDenied, Rejected
 from mcp_bastion.exchange import Exchange
 from mcp_bastion.jsonrpc.message import JSONObject, Message
 from mcp_bastion.jsonrpc.methods import NAME_PARAM
@@ -71,6 +71,15 @@ def build_record(exchange: Exchange, *, status: int | None, now: float | None = 
         "latency_ms": round((time.monotonic() - exchange.started) * 1000, 3),
         "remote": exchange.http.client_addr,
     }
+    if exchange.policy_version is not None:
+        record["policy_version"] = exchange.policy_version
+    decided = exchange.decision
+    if decided is not None:
+        policies = decided.policies
+    else:
+        policies = rejection.policies if isinstance(rejection, PolicyDenied) else ()
+    if policies:
+        record["policies"] = list(policies)
     if rejection is not None and rejection.detail:
         record["detail"] = rejection.detail[:MAX_DETAIL]
     return record

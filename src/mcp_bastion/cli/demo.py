@@ -24,9 +24,13 @@ from mcp_bastion.storage.db import default_url, open_database
 from mcp_bastion.web import mint_token
 
 DEMO_USERS = {"alice": ("analyst",), "bob": ("admin",)}
-"""The demo's people: an analyst and an administrator (the policy issue gives the roles their meaning)."""
+"""The demo's people: an analyst (read-only tools) and an administrator (see demo/policies/demo.cedar)."""
 USERS_FILE = "demo-users.json"
 TOKEN_LIFETIME = 3600
+DEMO_POLICY = Path(__file__).resolve().parent.parent / "demo" / "policies" / "demo.cedar"
+"""The demo's Cedar policy (shipped in the package): analysts read, admins also write and delete."""
+DEMO_ARGUMENTS = {"customer_id": "String", "region": "String"}
+"""The demo tools' arguments the policy may read."""
 SCOPES = {
     "customers.read": "Look up and search customer records",
     "customers.write": "Change customer email addresses",
@@ -49,6 +53,7 @@ def demo_settings(state_dir: Path, port: int) -> Settings:
                     "scopes": SCOPES,
                 },
             },
+            "policy": {"files": [str(DEMO_POLICY)], "arguments": DEMO_ARGUMENTS},
         },
         source="demo defaults",
     )
@@ -71,9 +76,20 @@ async def ensure_demo_users(settings: Settings) -> dict[str, str]:
 
 
 async def _demo_token(settings: Settings, url: str) -> str:
+    """A token for alice as the login would give her one: her user id, name and roles."""
     async with open_database(default_url(settings)) as db:
+        alice = await SQLUserDirectory(db).find("alice")
+        assert alice is not None  # ensure_demo_users created her
         return await mint_token(
-            db, settings, "alice", url, scope=["customers.read"], lifetime=TOKEN_LIFETIME, client_id="demo"
+            db,
+            settings,
+            alice.id,
+            url,
+            scope=["customers.read"],
+            lifetime=TOKEN_LIFETIME,
+            client_id="demo",
+            roles=alice.roles,
+            username=alice.username,
         )
 
 

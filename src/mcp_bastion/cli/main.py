@@ -1,5 +1,5 @@
 """The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config`` and the groups ``users``,
-``clients``, ``keys``."""
+``clients``, ``keys``, ``policy``."""
 
 from __future__ import annotations
 
@@ -52,9 +52,21 @@ def serve(config: ConfigOption = None, log_level: str = "info") -> None:
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the settings and print the weakening options in force."""
+    from mcp_bastion.policy.engine import PolicyError
+    from mcp_bastion.policy.store import load_engine
+
     settings = _settings(config)
     for warning in settings.warnings():
         typer.echo(f"WARNING: {warning}")
+    try:
+        engine = load_engine(settings.policy.files, settings.policy.arguments)
+    except PolicyError as exc:
+        typer.echo(f"policy error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    if engine.count == 0:
+        typer.echo("WARNING: no policy (policy.files): every tool call, read and list will be denied")
+    else:
+        typer.echo(f"ok: policy {engine.version}, {engine.count} policies")
     typer.echo(f"ok: {len(settings.upstreams)} upstream(s): {', '.join(settings.upstreams)}")
 
 
@@ -65,6 +77,7 @@ def token(
     config: ConfigOption = None,
     scope: Annotated[str, typer.Option(help="Space-separated scopes.")] = "",
     lifetime: Annotated[int, typer.Option(help="Seconds; at most 3600.", max=3600, min=1)] = 300,
+    role: Annotated[list[str] | None, typer.Option("--role", help="A role the token carries (repeatable).")] = None,
 ) -> None:
     """Mint a short-lived access token from the built-in issuer (operators and tests)."""
     from mcp_bastion.cli.users import run_with_database
@@ -82,7 +95,9 @@ def token(
     audience = f"{settings.server.base_url}/mcp/{server}"
 
     async def command(db: Database, settings: Settings) -> str:
-        return await mint_token(db, settings, subject, audience, scope=scope.split(), lifetime=lifetime)
+        return await mint_token(
+            db, settings, subject, audience, scope=scope.split(), lifetime=lifetime, roles=role or ()
+        )
 
     typer.echo(run_with_database(config, command))
 
@@ -98,7 +113,11 @@ def demo(
     from mcp_bastion.cli.demo import run_demo
 
     _logging("warning")
-    run_demo(state_dir, port)
+    try:
+        run_demo(state_dir, port)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def main() -> None:
@@ -106,11 +125,12 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from mcp_bastion.cli import clients, keys, users
+    from mcp_bastion.cli import clients, keys, policy, users
 
     app.add_typer(users.app, name="users")
     app.add_typer(clients.app, name="clients")
     app.add_typer(keys.app, name="keys")
+    app.add_typer(policy.app, name="policy")
 
 
 _register_groups()

@@ -256,7 +256,7 @@ class TokenEndpoint:
             lifetime=lifetime,
             client_id=family.client_id,
             now=now,
-            extra={"sid": family.id},
+            extra=_identity_claims(family),
         )
         return self._body(token, lifetime, granted, refresh)
 
@@ -268,3 +268,14 @@ class TokenEndpoint:
         if refresh is not None:
             body["refresh_token"] = refresh
         return body
+
+
+def _identity_claims(family: FamilyRecord) -> dict[str, object]:
+    """``sid`` (the grant, for revocation), and who the user is for policies: ``preferred_username`` (OIDC
+    Core §5.1) and ``roles`` (RFC 9068 §2.2.3.1)."""
+    claims: dict[str, object] = {"sid": family.id}
+    if family.username:
+        claims["preferred_username"] = family.username
+    if family.roles:
+        claims["roles"] = sorted(family.roles)
+    return claims

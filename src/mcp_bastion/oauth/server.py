@@ -61,12 +61,13 @@ METADATA_DOCUMENT_TTL: Final = 3600.0
 
 
 class ScopePolicy(Protocol):
-    """Which of ``requested`` this user may grant for ``resource`` (the policy engine plugs in here)."""
+    """Which of ``requested`` this user may grant ``client_id`` for ``resource`` (the policy engine plugs in
+    here: ``policy.authorizer.ScopeGrants``)."""
 
-    def __call__(self, user: User, resource: str, requested: frozenset[str]) -> frozenset[str]: ...
+    def __call__(self, user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]: ...
 
 
-def allow_all(user: User, resource: str, requested: frozenset[str]) -> frozenset[str]:
+def allow_all(user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]:
     """The default policy: a user may grant every scope the resource offers."""
     return requested
 
@@ -290,7 +291,7 @@ class AuthorizationServer:
         if user.disabled:
             return frozenset()
         requested = frozenset(pending.scopes)
-        return self._policy(user, pending.resource, requested) & requested
+        return self._policy(user, pending.resource, requested, pending.client.client_id) & requested
 
     async def approve(self, pending_id: str, user: User, scopes: frozenset[str]) -> str:
         record, client = await self._live_pending(await self._store.take_pending(pending_id))
@@ -307,6 +308,8 @@ class AuthorizationServer:
             scopes=granted,
             created_at=now,
             expires_at=now + self._lifetimes.family,
+            username=user.username,
+            roles=user.roles,
         )
         code = new_token(self._random)
         # The family exists before its code: a replay racing the first redemption always finds it to revoke.

@@ -136,6 +136,11 @@ class FamilyRecord:
     revoked_at: float | None = None
     reason: str | None = None
     """Why it was revoked (``code_replay``, ``refresh_reuse``, ``revoked_by_client``, ...), for audit."""
+    username: str = ""
+    """The user's name at login, carried in every access token as ``preferred_username`` (policies use it)."""
+    roles: frozenset[str] = frozenset()
+    """The user's roles at login, carried as ``roles`` (RFC 9068 §2.2.3.1): a role change applies from the
+    next login, and revoking the user's grants applies it at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,14 @@ forwards it); RESPONSE_STAGES on every message the upstream sends back. ``stage.
 
 from mcp_bastion.pipeline.authenticate import Authenticate
 from mcp_bastion.pipeline.authorize import Authorize
+from mcp_bastion.pipeline.filter import FilterLists
 from mcp_bastion.pipeline.forward import Forward
 from mcp_bastion.pipeline.parse import Parse
 from mcp_bastion.pipeline.reply import CheckReply
 from mcp_bastion.pipeline.session import Sessions
+from mcp_bastion.pipeline.throttle import Throttle
 from mcp_bastion.pipeline.transport import Transport
 
 ADMISSION_STAGES = (Transport, Authenticate, Parse)
-REQUEST_STAGES = (Sessions, Authorize, Forward)
-RESPONSE_STAGES = (CheckReply,)
+REQUEST_STAGES = (Sessions, Throttle, Authorize, Forward)
+RESPONSE_STAGES = (CheckReply, FilterLists)

@@ -32,12 +32,15 @@ class Authenticate:
         resources: Mapping[str, str],
         mtls_identity: Callable[[bytes], str] | None,
         allow_unauthenticated: bool = False,
+        roles_claims: Mapping[str, str] | None = None,
     ) -> None:
         self.verifier = verifier
         self.resources = resources
         """Endpoint name -> the resource URL its tokens must be issued for."""
         self.mtls_identity = mtls_identity
         self.allow_unauthenticated = allow_unauthenticated
+        self.roles_claims = dict(roles_claims or {})
+        """Issuer -> the claim listing the user's roles (default ``roles``, RFC 9068 §2.2.3.1)."""
 
     async def __call__(self, exchange: Exchange) -> None:
         http = exchange.http
@@ -61,4 +64,19 @@ class Authenticate:
             client_id=claims.client_id,
             scopes=claims.scope,
             expires_at=claims.expires_at,
+            roles=_names(claims.raw.get(self.roles_claims.get(claims.issuer, "roles"))),
+            preferred_username=_text(claims.raw.get("preferred_username")),
         )
+
+
+def _names(value: object) -> frozenset[str]:
+    """A roles claim: an array of strings or one space-separated string; anything else gives no role."""
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, tuple):  # arrays arrive frozen as tuples
+        return frozenset(item for item in value if isinstance(item, str) and item)
+    return frozenset()
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

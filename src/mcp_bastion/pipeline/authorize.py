@@ -1,26 +1,42 @@
 """Stage ``authorize``: may this principal send this message to this server?
 
-Today: the method allow-list (MCP's client methods, plus per-upstream ``allow_methods`` minus
-``deny_methods``); unknown methods are denied, because no policy was ever written for them. A JSON-RPC
-response from the client (answering a server's sampling/elicitation request) is only accepted inside a
-session. Per-user, per-tool policy (Cedar) plugs in here.
+First the method allow-list (MCP's client methods, plus per-upstream ``allow_methods`` minus
+``deny_methods``): unknown methods are denied, because no policy was ever written for them. Then the
+policy (``policy.authorizer``): tool calls, resource reads, prompts, completions and the list methods
+need a permitting Cedar policy and the scopes the item needs. A JSON-RPC response from the client
+(answering a server's sampling/elicitation request) is only accepted inside a session.
+
+A ``tools/call`` of a tool the gateway has not seen listed makes the stage list the upstream's tools
+itself, once, on the caller's own channel (a client may call a tool it remembers from an earlier
+connection); a tool still unknown after that is refused as MCP says: invalid params.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import secrets
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Final
 
-from mcp_bastion.errors import MalformedRequest, MethodDenied
+import orjson
+
+from mcp_bastion.errors import InvalidArguments, MalformedRequest, MethodDenied, UpstreamError
 from mcp_bastion.exchange import Exchange
+from mcp_bastion.jsonrpc.message import JSONValue, classify
+from mcp_bastion.policy.authorizer import Authorizer, UnknownTool
+from mcp_bastion.policy.entities import Caller
+
+MAX_LIST_PAGES: Final = 20
+"""Pages of ``tools/list`` read when looking for an unknown tool (a bound on what a server can make us do)."""
 
 
 class Authorize:
     name: ClassVar[str] = "authorize"
 
-    def __init__(self, *, allowed_methods: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, *, allowed_methods: Mapping[str, frozenset[str]], authorizer: Authorizer) -> None:
         self.allowed_methods = allowed_methods
         """Endpoint name -> the methods clients may send to it."""
+        self.authorizer = authorizer
 
     async def __call__(self, exchange: Exchange) -> None:
         message = exchange.maybe_message
@@ -34,3 +50,69 @@ class Authorize:
         method = message.method or ""
         if method not in self.allowed_methods[exchange.endpoint]:
             raise MethodDenied(f"method {method[:100]!r} is not allowed on {exchange.endpoint}")
+        if message.kind != "request":
+            return
+        engine = self.authorizer.engine
+        exchange.policy_version = engine.version
+        caller = caller_of(exchange)
+        try:
+            exchange.decision = self.authorizer.check_call(caller, exchange.endpoint, message, engine)
+        except UnknownTool as unknown:
+            await list_tools(exchange, self.authorizer)
+            try:
+                exchange.decision = self.authorizer.check_call(caller, exchange.endpoint, message, engine)
+            except UnknownTool:
+                raise InvalidArguments(f"unknown tool {str(unknown)[:100]!r}", reason="tool_unknown") from None
+
+
+def caller_of(exchange: Exchange) -> Caller:
+    return Caller(exchange.principal, ip_of(exchange.http.client_addr), exchange.http.scheme == "https")
+
+
+def ip_of(client_addr: str) -> str:
+    """The IP address in the edge's ``host:port`` / ``[v6]:port`` form; ``0.0.0.0`` when there is none (a
+    Unix socket), which no address rule of a policy matches by accident."""
+    for candidate in (client_addr.rpartition(":")[0].strip("[]"), client_addr):
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return "0.0.0.0"  # noqa: S104 - a value for policies to compare, not an address to bind
+
+
+async def list_tools(exchange: Exchange, authorizer: Authorizer) -> None:
+    """Read the upstream's tool list on the exchange's channel and teach it to the catalog."""
+    message = exchange.message
+    params: dict[str, JSONValue] = {}
+    meta = message.params.get("_meta")
+    if exchange.era == "modern" and isinstance(meta, dict):
+        # The stateless era needs the envelope on every request: the caller's own version and capabilities.
+        params["_meta"] = {key: value for key, value in meta.items() if key.startswith("io.modelcontextprotocol/")}
+    headers = {"mcp-method": "tools/list"}
+    version = exchange.http.headers.get("mcp-protocol-version")
+    if version is not None:
+        headers["mcp-protocol-version"] = version
+    for _ in range(MAX_LIST_PAGES):
+        request_id = f"mcp-bastion-{secrets.token_hex(8)}"
+        raw: dict[str, JSONValue] = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params}
+        reply = await exchange.channel.send(classify(raw), orjson.dumps(raw), headers)
+        result: JSONValue = None
+        try:
+            async for event in reply.events:
+                answer = event.message
+                if answer is not None and answer.kind == "response" and answer.id == request_id:
+                    result = answer.raw.get("result")
+                    break
+        finally:
+            await reply.aclose()
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            raise UpstreamError("the upstream did not answer tools/list", reason="upstream_tools_list_failed")
+        tools = result["tools"]
+        assert isinstance(tools, list)
+        for tool in tools:
+            if isinstance(tool, dict):
+                authorizer.catalog.learn(exchange.endpoint, tool)
+        cursor = result.get("nextCursor")
+        if not isinstance(cursor, str) or not cursor:
+            return
+        params = {**params, "cursor": cursor}

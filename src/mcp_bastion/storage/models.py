@@ -116,6 +116,8 @@ class FamilyRow(Base):
     expires_at: Mapped[float] = mapped_column(Double, index=True)
     revoked_at: Mapped[float | None] = mapped_column(Double)
     reason: Mapped[str | None] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String, server_default="")
+    roles: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
 
 
 class RefreshRow(Base):

@@ -135,7 +135,7 @@ class SQLOAuthStore:
     # Token families.
 
     async def put_family(self, record: FamilyRecord) -> None:
-        values = records.values(record, scopes=records.scopes_out(record.scopes))
+        values = records.values(record, scopes=records.scopes_out(record.scopes), roles=sorted(record.roles))
         async with self._db.transaction() as connection:
             await records.upsert(connection, FamilyRow, values, (FamilyRow.id,))
 

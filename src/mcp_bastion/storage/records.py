@@ -69,6 +69,8 @@ FAMILY_COLUMNS: Final = (
     FamilyRow.expires_at,
     FamilyRow.revoked_at,
     FamilyRow.reason,
+    FamilyRow.username,
+    FamilyRow.roles,
 )
 REFRESH_COLUMNS: Final = (
     RefreshRow.token_hash,
@@ -134,9 +136,19 @@ def code(row: Sequence[Any]) -> CodeRecord:
 
 
 def family(row: Sequence[Any]) -> FamilyRecord:
-    family_id, client_id, subject, resource, scopes, created_at, expires_at, revoked_at, reason = row
+    family_id, client_id, subject, resource, scopes, created_at, expires_at, revoked_at, reason, username, roles = row
     return FamilyRecord(
-        family_id, client_id, subject, resource, frozenset(scopes), created_at, expires_at, revoked_at, reason
+        family_id,
+        client_id,
+        subject,
+        resource,
+        frozenset(scopes),
+        created_at,
+        expires_at,
+        revoked_at,
+        reason,
+        username,
+        frozenset(roles),
     )
 
 

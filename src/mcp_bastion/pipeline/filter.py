@@ -1,0 +1,50 @@
+"""Response stage ``filter``: list results show only what the caller may use.
+
+The answer to ``tools/list``, ``resources/list``, ``resources/templates/list`` or ``prompts/list`` is
+rewritten to keep only the items ``policy.authorizer`` would let this caller call (same policy, same scope
+check, one engine for the whole list). Tool definitions are learnt by the catalog on the way. Every other
+message passes unchanged, as the bytes the upstream sent.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+from mcp_bastion.exchange import Exchange
+from mcp_bastion.jsonrpc.message import JSONValue, Message
+from mcp_bastion.pipeline.authorize import caller_of
+from mcp_bastion.policy.authorizer import LIST_KEYS, Authorizer
+from mcp_bastion.upstream.base import Event
+
+
+class FilterLists:
+    name: ClassVar[str] = "filter"
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    async def __call__(self, exchange: Exchange, event: Event) -> Event:
+        message = event.message
+        sent = exchange.maybe_message
+        if message is None or message.kind != "response" or sent is None or message.is_error:
+            return event
+        key = LIST_KEYS.get(sent.method or "")
+        result = message.raw.get("result")
+        if key is None or not isinstance(result, dict):
+            return event
+        items = result.get(key)
+        if not isinstance(items, list):
+            return event
+        engine = self.authorizer.engine
+        caller = caller_of(exchange)
+        method = sent.method or ""
+        kept: list[JSONValue] = [
+            item for item in items if self.authorizer.visible(engine, caller, exchange.endpoint, method, item)
+        ]
+        if len(kept) == len(items):
+            return event
+        raw = {**message.raw, "result": {**result, key: kept}}
+        rewritten = Message(message.kind, raw, message.id, message.method)
+        return Event(orjson.dumps(raw), rewritten, event.event_id, event.retry_ms)
