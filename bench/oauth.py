@@ -152,11 +152,10 @@ def write_config(workdir: Path, python: str, port: int) -> Path:
         f"[upstreams.{UPSTREAM}]\ncommand = {json.dumps(upstream)}\n"
         f'scopes = {{ "{SCOPE}" = "Call the echo tool" }}\n'
         f'[upstreams.{UPSTREAM}.tools.echo]\nscopes = ["{SCOPE}"]\n'
-        f'[policy]\nfiles = [{json.dumps(str(policy))}]\n'
+        f"[policy]\nfiles = [{json.dumps(str(policy))}]\n"
         '[policy.rate_limits]\nper_user = "1000000/second"\nper_tool = "1000000/second"\n'
     )
     policy.write_text(
-        f'permit(principal, action == Action::"grant_scope", resource == Scope::"{SCOPE}");\n'
         "permit(principal, action, resource);\n",
         encoding="utf-8",
     )

@@ -84,8 +84,12 @@ async def running_gateway(
         no_limits = {"per_user": None, "per_client": None, "per_tool": None}
         sections["policy"] = {"files": [str(allow_all)], "rate_limits": no_limits}
     settings = parse_settings({"server": server_section, "upstreams": dict(upstreams), **sections})
-    context, pki = listener_context(settings)
-    gateway = build_gateway(settings)
+    try:
+        context, pki = listener_context(settings)
+        gateway = build_gateway(settings)
+    except BaseException:
+        sock.close()
+        raise
     server = make_server(gateway, context)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
