@@ -28,6 +28,7 @@ from mcp_bastion.settings import parse_settings
 from tests.e2e.browserless import log_in_and_consent
 from tests.e2e.gateway import RunningGateway, running_gateway
 from tests.e2e.test_refusals import MODERN_HEADERS, call
+from tests.helpers.redis import redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -320,3 +321,25 @@ async def test_hot_reload_under_traffic_never_mixes_two_policies(tmp_path: Path)
             assert record["decision"] == expected[str(record["policy_version"])], record
         reloads = [record for record in gw.audit() if record.get("method") == "(policy reload)"]
         assert [record["reason"] for record in reloads].count("policy_reload_refused") == 10
+
+
+async def test_two_gateways_share_rate_limits_in_redis_and_fail_closed_without_it(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as redis:
+        # Per OAuth client: the two test gateways have issuers of their own (their ports differ), replicas
+        # behind one public URL would share the per-user buckets the same way.
+        policy = demo_policy(per_client="4/minute", redis_url=redis.url)
+        upstream = {"command": CUSTOMERS, "scopes": SCOPES}
+        async with (
+            running_gateway(tmp_path / "a", {"customers": upstream}, policy=policy) as first,
+            running_gateway(tmp_path / "b", {"customers": upstream}, policy=policy) as second,
+        ):
+            statuses = []
+            for gw in (first, second, first, second, first):
+                alice = token(gw, "alice", ["analyst"], ["customers.read"])
+                statuses.append((await post(gw, alice, "get_customer", {"customer_id": "C001"})).status_code)
+            assert statuses == [200, 200, 200, 200, 429]  # one bucket for the client, wherever it calls
+            redis.stop()
+            alice = token(second, "alice", ["analyst"], ["customers.read"])
+            down = await post(second, alice, "get_customer", {"customer_id": "C001"})
+            assert down.status_code == 503  # never unlimited because the shared store is gone
+            assert last_call(second)["decision"] == "error"

@@ -10,14 +10,9 @@ whose clock is the server's, the test sleeps. Their rates leave wide margins (3 
 from __future__ import annotations
 
 import math
-import shutil
 import signal
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -29,6 +24,7 @@ import redis.exceptions
 
 from mcp_bastion.errors import ConfigError, Unavailable
 from mcp_bastion.policy.ratelimit import Buckets, MemoryBuckets, Rate, RedisBuckets
+from tests.helpers.redis import free_port, redis_server
 
 pytestmark = pytest.mark.anyio
 
@@ -39,67 +35,6 @@ SLOW: Final = Rate(burst=3, per_second=0.5)
 """The contract tests' rate: 3 at once, then one every 2 s."""
 REFILL_ONE: Final = 2.1
 """Slightly more than one token's refill time at ``SLOW``."""
-
-
-# -- a real redis-server -------------------------------------------------------------------------------
-
-
-@dataclass
-class RedisServer:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _pong(port: int, password: str | None) -> bool:
-    command = (f"AUTH {password}\r\n" if password else "") + "PING\r\n"
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(command.encode())
-            return b"+PONG" in sock.recv(256)
-    except OSError:
-        return False
-
-
-@contextmanager
-def redis_server(directory: Path, *, password: str | None = None) -> Iterator[RedisServer]:
-    """Run redis-server on a free loopback port, without persistence, in ``directory``; stop it on exit."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run scripts/test (it installs it via scripts/test-services)")
-    directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = directory / "redis.log"
-    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    command += ["--dir", str(directory), "--logfile", str(log), "--daemonize", "no"]
-    if password is not None:
-        command += ["--requirepass", password]
-    server = RedisServer(f"redis://127.0.0.1:{port}/0", subprocess.Popen(command, stdin=subprocess.DEVNULL))
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _pong(port, password):
-            if server.process.poll() is not None or time.monotonic() > deadline:
-                text = log.read_text(errors="replace") if log.exists() else "(no log)"
-                pytest.fail(f"redis-server did not answer PING on port {port}:\n{text[-2000:]}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +347,7 @@ async def test_redis_not_answering_fails_closed_within_the_timeout(tmp_path: Pat
 
 
 async def test_redis_never_reached_fails_closed() -> None:
-    buckets = RedisBuckets(f"redis://127.0.0.1:{_free_port()}", socket_timeout=0.2)
+    buckets = RedisBuckets(f"redis://127.0.0.1:{free_port()}", socket_timeout=0.2)
     try:
         with anyio.fail_after(5), pytest.raises(Unavailable):
             await buckets.take("k", SLOW)
