@@ -50,7 +50,7 @@ TOKEN_LIFETIME: Final = 3600
 CPU_TARGET_MS: Final = 0.5
 P50_TARGET_MS: Final = 0.5
 NAN: Final = float("nan")
-KNOWN_STDERR: Final = ("TLS: using the local CA", "INSECURE: upstreams.")
+KNOWN_STDERR: Final = ("TLS: using the local CA", "INSECURE: upstreams.", "mcp_bastion.policy.store: policy ")
 """Gateway log lines expected at every start; anything else in its stderr is reported."""
 
 

@@ -87,6 +87,8 @@ def load_cases(path: Path) -> list[dict[str, object]]:
     if set(document) - {"case"} or not isinstance(cases, list) or not cases:
         raise ConfigError(f"{path}: expected one or more [[case]] tables and nothing else")
     for index, case in enumerate(cases, 1):
+        if not isinstance(case, dict):
+            raise ConfigError(f"{path}: case {index}: expected a table")
         unknown = set(case) - _KEYS
         if unknown:
             raise ConfigError(f"{path}: case {index}: unknown keys {sorted(unknown)}")

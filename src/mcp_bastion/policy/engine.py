@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,9 +27,12 @@ import orjson
 
 from mcp_bastion.errors import BastionError
 from mcp_bastion.policy.entities import Query
-from mcp_bastion.policy.schema import schema_text
+from mcp_bastion.policy.schema import attribute_names, schema_text
 
 logger = logging.getLogger(__name__)
+
+_POLICY_ID: Final = re.compile(r"`(policy\d+)`")
+"""How Cedar's error messages quote a policy id."""
 
 CACHE_SIZE: Final = 16_384
 """Decisions kept per policy set (each a few hundred bytes); a miss costs one Cedar evaluation (~0.1 ms)."""
@@ -111,15 +115,21 @@ class PolicyEngine:
             return Decision(False, errors=(f"engine: {type(exc).__name__}",))
         diagnostics = result.diagnostics
         reasons = tuple(self._labels.get(policy, policy) for policy in diagnostics.reasons)
-        errors = tuple(str(error)[:300] for error in diagnostics.errors)
+        errors = tuple(self._relabel(str(error))[:300] for error in diagnostics.errors)
         if errors:
-            return Decision(False, reasons, errors)
+            # The reasons are the forbids that denied, or, when Cedar would have allowed, the permits that
+            # matched: those did not decide this denial, so they are not named as if they had.
+            return Decision(False, reasons if result.decision == cedarpy.Decision.Deny else (), errors)
         if result.decision == cedarpy.Decision.Allow:
             return Decision(True, reasons)
         if result.decision == cedarpy.Decision.Deny:
             return Decision(False, reasons)
         # NoDecision: the request itself was refused (it does not match the schema).
         return Decision(False, errors=("request does not match the schema",))
+
+    def _relabel(self, error: str) -> str:
+        """An error with the combined set's policy ids (``policy3``) replaced by the labels decisions use."""
+        return _POLICY_ID.sub(lambda match: f"`{self._labels.get(match[1], match[1])}`", error)
 
 
 def compile_policies(sources: Sequence[PolicySource], arguments: Mapping[str, str]) -> PolicyEngine:
@@ -134,6 +144,7 @@ def compile_policies(sources: Sequence[PolicySource], arguments: Mapping[str, st
         schema = cedarpy.Schema.from_str(schema_source)
     except ValueError as exc:  # a bug in the shipped schema or in the argument declarations
         raise PolicyError(f"schema: {exc}") from exc
+    known = attribute_names(arguments)
     labels: dict[str, str] = {}
     texts: list[str] = []
     for source in sources:
@@ -156,6 +167,12 @@ def compile_policies(sources: Sequence[PolicySource], arguments: Mapping[str, st
             annotations = policy.get("annotations", {}) if isinstance(policy, dict) else {}
             label = annotations.get("id") if isinstance(annotations, dict) else None
             labels[f"policy{offset + index}"] = str(label) if label else f"{source.name}#{policy_id}"
+            unknown = sorted(_has_tests(policy) - known)
+            if unknown:
+                raise PolicyError(
+                    f"{source.name}: {labels[f'policy{offset + index}']}: `has` tests an attribute the schema does "
+                    f"not declare ({', '.join(unknown)}): always false, a typo? (declare arguments in policy.arguments)"
+                )
         texts.append(source.text)
     combined = "\n".join(texts)
     try:
@@ -171,3 +188,29 @@ def _ordered(static: object) -> list[tuple[str, object]]:
     if not isinstance(static, dict):
         return []
     return sorted(static.items(), key=lambda item: int(item[0].removeprefix("policy") or 0))
+
+
+def _has_tests(node: object) -> set[str]:
+    """The attributes a policy (Cedar's JSON form) tests with ``has`` on a variable or its attributes."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            has = item.get("has")
+            if isinstance(has, dict) and isinstance(has.get("attr"), str) and _rooted_in_variable(has.get("left")):
+                found.add(has["attr"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _rooted_in_variable(node: object) -> bool:
+    """``principal``, ``context.arguments``, ...: not a record or set literal written in the policy."""
+    while isinstance(node, dict):
+        if "Var" in node:
+            return True
+        step = node.get(".")
+        node = step.get("left") if isinstance(step, dict) else None
+    return False

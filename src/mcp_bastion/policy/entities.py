@@ -51,7 +51,8 @@ class Caller:
 
     principal: Principal
     address: str
-    """The client's IP address (``127.0.0.1`` when unknown: the loopback never matches a private range rule)."""
+    """The client's IP address (``0.0.0.0`` when unknown, e.g. a Unix socket: no address rule matches it by
+    accident; see ``pipeline.authorize.ip_of``)."""
     tls: bool
 
 

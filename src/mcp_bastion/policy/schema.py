@@ -13,7 +13,10 @@ them as optional attributes of ``Arguments``, so a policy that reads one must fi
 denies it. Arguments not declared are never given to Cedar: no policy can read them.
 
 Invariants:
-- a policy that names an attribute, entity type or action not declared here fails validation;
+- a policy that names an attribute, entity type or action not declared here fails validation, including
+  in a ``has`` test (Cedar's validator types ``context.arguments has regoin`` as always false and lets it
+  pass, so a typo would silently disable a forbid rule: ``engine`` refuses a ``has`` of an attribute that
+  ``attribute_names`` does not list);
 - the schema is the single description of what the gateway puts in entities and contexts: ``entities``
   builds exactly these shapes (a test validates sample requests against it).
 """
@@ -30,6 +33,8 @@ ArgumentType = Literal["String", "Long", "Bool", "Set<String>", "Set<Long>"]
 ARGUMENT_TYPES: Final[frozenset[str]] = frozenset({"String", "Long", "Bool", "Set<String>", "Set<Long>"})
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """Cedar identifiers: argument names used as attributes without quoting."""
+_RESERVED: Final = frozenset({"true", "false", "if", "then", "else", "in", "is", "like", "has", "__cedar"})
+"""Cedar's reserved identifiers: the schema parser refuses them as attribute names."""
 
 CALL_ACTIONS: Final = {"tools/call": "Tool", "resources/read": "Resource", "prompts/get": "Prompt"}
 """Action -> the entity type it applies to."""
@@ -85,10 +90,20 @@ def schema_text(arguments: Mapping[str, str]) -> str:
     """The full schema with the operator's typed arguments (``name -> ArgumentType``)."""
     fields = []
     for name, kind in sorted(arguments.items()):
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"policy.arguments: {name!r} is not a Cedar identifier (letters, digits, _)")
+        if not _NAME.fullmatch(name) or name in _RESERVED:
+            raise ConfigError(f"policy.arguments: {name!r} is not a Cedar identifier (letters, digits, _; no keyword)")
         if kind not in ARGUMENT_TYPES:
             raise ConfigError(f"policy.arguments.{name}: type {kind!r}; allowed are {sorted(ARGUMENT_TYPES)}")
         fields.append(f"  {name}?: {kind},")
     body = "\n".join(fields)
     return f"{BASE_SCHEMA}\ntype Arguments = {{\n{body}\n}};\n"
+
+
+_ATTRIBUTE: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\??\s*:(?!:)")
+_COMMENT: Final = re.compile(r"//[^\n]*")
+
+
+def attribute_names(arguments: Mapping[str, str]) -> frozenset[str]:
+    """Every attribute name the schema declares, on any entity or record (a ``has`` of any other is a typo)."""
+    declared = frozenset(_ATTRIBUTE.findall(_COMMENT.sub("", BASE_SCHEMA))) - {"principal", "resource", "context"}
+    return declared | frozenset(arguments)
