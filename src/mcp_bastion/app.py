@@ -296,7 +296,7 @@ class Rates:
     @classmethod
     def from_settings(cls, limits: RateLimitSettings) -> Rates:
         def parse(text: str | None, name: str) -> Rate | None:
-            if text is None:
+            if text is None or text.strip() == "off":
                 return None
             try:
                 return Rate.parse(text)

@@ -197,7 +197,7 @@ class ToolSettings(_Model):
 
 
 class RateLimitSettings(_Model):
-    """Token buckets ("60/minute", "10/second burst 20"); omit one to leave that dimension unlimited."""
+    """Token buckets ("60/minute", "10/second burst 20"); "off" leaves that dimension unlimited."""
 
     per_user: str | None = "600/minute burst 100"
     per_client: str | None = None
