@@ -2,8 +2,9 @@
 
 The answer to ``tools/list``, ``resources/list``, ``resources/templates/list`` or ``prompts/list`` is
 rewritten to keep only the items ``policy.authorizer`` would let this caller call (same policy, same scope
-check, one engine for the whole list). Tool definitions are learnt by the catalog on the way. Every other
-message passes unchanged, as the bytes the upstream sent.
+check, one engine for the whole list). Tool definitions are learnt by the catalog on the way, and forgotten
+when the server says its tools changed (``notifications/tools/list_changed``). Every other message passes
+unchanged, as the bytes the upstream sent.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class FilterLists:
 
     async def __call__(self, exchange: Exchange, event: Event) -> Event:
         message = event.message
+        if message is not None and message.method == "notifications/tools/list_changed":
+            # What the catalog knows may be stale now: the next call of a tool lists the tools again
+            # (the client, told the same, lists them too, and sees them filtered).
+            self.authorizer.catalog.forget(exchange.endpoint)
+            return event
         sent = exchange.maybe_message
         if message is None or message.kind != "response" or sent is None or message.is_error:
             return event

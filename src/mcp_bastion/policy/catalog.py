@@ -82,6 +82,10 @@ class ToolCatalog:
     def get(self, server: str, name: str) -> ToolFacts | None:
         return self._tools[server].get(name)
 
+    def forget(self, server: str) -> None:
+        """Drop what was learnt about ``server``'s tools (it announced a change)."""
+        self._tools[server] = {}
+
     def learn(self, server: str, tool: Mapping[str, JSONValue]) -> ToolFacts | None:
         """Record one tool definition from a ``tools/list`` result; None when it is not a usable one."""
         name = tool.get("name")
