@@ -209,6 +209,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             mtls_identity=peer_identity if client_auth is not None else None,
             allow_unauthenticated=server.dangerously_allow_unauthenticated,
             roles_claims={issuer.issuer: issuer.roles_claim for issuer in settings.auth.issuers},
+            mtls_roles=client_auth.roles if client_auth is not None else None,
         ),
         Parse: Parse(max_json_depth=limits.max_json_depth),
         Sessions: Sessions(sessions),

@@ -39,6 +39,8 @@ class ClientAuthSettings(_Model):
     ca: Path
     required: bool = False
     """When true every connection must present a certificate; otherwise a bearer token also works."""
+    roles: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Certificate identity (SAN URI or CN) -> its roles, for policies (``principal in Role::"..."``)."""
 
 
 class TLSSettings(_Model):

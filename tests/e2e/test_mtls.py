@@ -100,3 +100,26 @@ async def test_slow_body_is_cut_off(tmp_path: Path, upstream_url: str) -> None:
             )
         assert response.status_code == 400
         assert reason(response) == "body_timeout"
+
+
+async def test_certificate_identities_get_their_configured_roles_in_policies(tmp_path: Path, upstream_url: str) -> None:
+    ca = ClientCA(tmp_path / "pki", "Clients CA")
+    billing = ca.issue("billing", uri="spiffe://example.org/agent/billing")
+    other = ca.issue("other", uri="spiffe://example.org/agent/other")
+    rules = tmp_path / "agents.cedar"
+    rules.write_text(
+        '@id("agents-read") permit(principal in Role::"agent", action == Action::"tools/call", resource)\n'
+        "  when { resource.read_only && context.network.mtls };\n"
+    )
+    upstreams = {"up": {"url": upstream_url, "allow_insecure_http": True}}
+    roles = {"spiffe://example.org/agent/billing": ["agent"]}
+    tls = {"client_auth": {"ca": str(ca.cert_path), "required": False, "roles": roles}}
+    policy = {"files": [str(rules)], "rate_limits": {"per_user": None, "per_tool": None}}
+    async with running_gateway(tmp_path, upstreams, tls=tls, policy=policy) as gw:
+        answers = {}
+        for name, identity in (("billing", billing), ("other", other)):
+            async with client(gw, identity.cert, identity.key) as http:
+                answers[name] = (await http.post(gw.url("up"), json=call(), headers=MODERN_HEADERS)).json()
+        assert answers["billing"]["result"]["isError"] is False
+        assert answers["other"]["error"]["data"]["reason"] == "policy_denied"
+        assert gw.audit()[-2]["policies"] == ["agents-read"]

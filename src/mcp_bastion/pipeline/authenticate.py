@@ -9,7 +9,7 @@ way to skip this, and it is refused off loopback by the settings model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar, Protocol
 
 from mcp_bastion.errors import TransportRejected
@@ -33,6 +33,7 @@ class Authenticate:
         mtls_identity: Callable[[bytes], str] | None,
         allow_unauthenticated: bool = False,
         roles_claims: Mapping[str, str] | None = None,
+        mtls_roles: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.verifier = verifier
         self.resources = resources
@@ -41,6 +42,8 @@ class Authenticate:
         self.allow_unauthenticated = allow_unauthenticated
         self.roles_claims = dict(roles_claims or {})
         """Issuer -> the claim listing the user's roles (default ``roles``, RFC 9068 §2.2.3.1)."""
+        self.mtls_roles = {identity: tuple(roles) for identity, roles in (mtls_roles or {}).items()}
+        """Client-certificate identity -> its roles (``tls.client_auth.roles``)."""
 
     async def __call__(self, exchange: Exchange) -> None:
         http = exchange.http
@@ -49,7 +52,8 @@ class Authenticate:
                 subject = self.mtls_identity(http.client_cert_der)
             except ValueError as exc:
                 raise TransportRejected(str(exc), reason="client_cert_no_identity") from exc
-            exchange.principal = Principal(subject=subject, issuer="mtls", method="mtls")
+            roles = frozenset(self.mtls_roles.get(subject, ()))
+            exchange.principal = Principal(subject=subject, issuer="mtls", method="mtls", roles=roles)
             return
         header = http.headers.get("authorization")
         if header is None and self.allow_unauthenticated:

@@ -1,7 +1,7 @@
 """The Cedar schema every policy is validated against (at startup, on reload, by ``policy validate``).
 
 Principals are ``User``s (the token's subject, or the client certificate's identity), members of their
-``Role``s; the OAuth client is a ``Client``. Resources are an upstream's ``Tool``s, ``Resource``s and
+``Role``s (the token's roles claim, or ``tls.client_auth.roles``); the OAuth client is ``context.client_id``. Resources are an upstream's ``Tool``s, ``Resource``s and
 ``Prompt``s, each a member of its ``Server``, and the OAuth ``Scope``s the authorization server grants.
 Actions are the MCP methods they decide (``tools/call`` ...), the list methods (grouped under ``list``,
 deciding whether a server may be listed at all), and ``grant_scope`` (may the authorization server grant
@@ -43,7 +43,6 @@ LIST_ACTIONS: Final = ("tools/list", "resources/list", "resources/templates/list
 BASE_SCHEMA: Final = """
 // Who is asking.
 entity Role;
-entity Client;
 entity User in [Role] {     // id: the token's subject (for local users an opaque id)
   username: String, // the token's preferred_username, else the subject
   issuer: String,   // the token's issuer, "mtls" for a client certificate, "none" when unauthenticated
