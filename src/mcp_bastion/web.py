@@ -35,8 +35,8 @@ from mcp_bastion.oauth.grants import Lifetimes
 from mcp_bastion.oauth.localissuer import KEY_FILENAME, LocalIssuer
 from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.revocationcache import RevocationCache, RevokingStore
-from mcp_bastion.oauth.server import AuthorizationServer, ScopePolicy, allow_all
-from mcp_bastion.oauth.service import OAuthError
+from mcp_bastion.oauth.server import AuthorizationServer
+from mcp_bastion.oauth.service import OAuthError, ScopePolicy, allow_all
 from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.signingkeys import SigningKeyRing
 from mcp_bastion.oauth.store import OAuthStore

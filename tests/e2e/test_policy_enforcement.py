@@ -343,3 +343,45 @@ async def test_two_gateways_share_rate_limits_in_redis_and_fail_closed_without_i
             down = await post(second, alice, "get_customer", {"customer_id": "C001"})
             assert down.status_code == 503  # never unlimited because the shared store is gone
             assert last_call(second)["decision"] == "error"
+
+
+async def test_machine_clients_get_only_the_scopes_the_policy_grants_them(tmp_path: Path) -> None:
+    rules = tmp_path / "demo.cedar"
+    rules.write_text(DEMO_POLICY.read_text())
+    policy = {**demo_policy(), "files": [str(rules)], "watch": False}
+    upstream = {"command": CUSTOMERS, "scopes": SCOPES}
+    async with (
+        running_gateway(tmp_path, {"customers": upstream}, policy=policy) as gw,
+        httpx2.AsyncClient(verify=gw.client_ssl()) as http,
+    ):
+        registered = await http.post(
+            f"{gw.base_url}/oauth/register",
+            json={
+                "client_name": "Nightly job",
+                "token_endpoint_auth_method": "client_secret_post",
+                "grant_types": ["client_credentials"],
+                "redirect_uris": [],
+            },
+        )
+        assert registered.status_code == 201, registered.text
+        client = registered.json()
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+            "resource": gw.url("customers"),
+            "scope": "customers.read",
+        }
+        refused = await http.post(f"{gw.base_url}/oauth/token", data=form)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "invalid_scope"  # the demo policy grants scopes to roles only
+        # The operator permits this one client to read; the reload takes effect for the next grant.
+        store = gw.gateway.policy
+        assert store is not None
+        with rules.open("a") as more:
+            more.write(f'permit(principal == User::"{client["client_id"]}", action == Action::"grant_scope",')
+            more.write(' resource == Scope::"customers.read");\n')
+        assert store.reload()
+        granted = await http.post(f"{gw.base_url}/oauth/token", data=form)
+        assert granted.status_code == 200, granted.text
+        assert granted.json()["scope"] == "customers.read"

@@ -33,6 +33,7 @@ from mcp_bastion.jsonrpc.message import JSONValue
 from mcp_bastion.oauth import pkce, scopes
 from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.sealing import Sealer, Unsealable
+from mcp_bastion.oauth.service import ScopePolicy, User, allow_all
 from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.store import ClientRecord, FamilyRecord, OAuthStore, RefreshRecord
 
@@ -102,12 +103,14 @@ class TokenEndpoint:
         store: OAuthStore,
         signer: TokenSigner,
         sealer: Sealer,
+        scope_policy: ScopePolicy = allow_all,
         resources: Mapping[str, frozenset[str]],
         lifetimes: Lifetimes,
         random: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._store = store
         self._signer = signer
+        self._policy = scope_policy
         self._sealer = sealer
         self._resources = resources
         self._lifetimes = lifetimes
@@ -232,7 +235,11 @@ class TokenEndpoint:
         requested = scopes.parse(form.get("scope"))
         if not requested <= allowed:
             raise Refusal("invalid_scope", "scope_not_allowed", "scope is not allowed for this client")
-        granted = requested or allowed
+        # A machine client is its own user: the policy decides its scopes as it decides a person's.
+        machine = User(id=client.client_id, username=client.client_id)
+        granted = self._policy(machine, resource, requested or allowed, client.client_id) & (requested or allowed)
+        if requested and not granted:
+            raise Refusal("invalid_scope", "scope_not_permitted", "no requested scope may be granted to this client")
         lifetime = self._lifetimes.access_token
         # RFC 6749 §4.4.3: no refresh token; the client authenticates again instead.
         token = self._signer.mint(

@@ -42,7 +42,7 @@ from mcp_bastion.oauth.refusal import Refusal
 from mcp_bastion.oauth.registration import RegistrationPolicy
 from mcp_bastion.oauth.revocation import TokenStatus
 from mcp_bastion.oauth.sealing import Sealer
-from mcp_bastion.oauth.service import ClientView, Consent, PendingAuthorization, User
+from mcp_bastion.oauth.service import ClientView, Consent, PendingAuthorization, ScopePolicy, User, allow_all
 from mcp_bastion.oauth.signer import SignerKeys, TokenSigner
 from mcp_bastion.oauth.store import (
     ClientRecord,
@@ -58,18 +58,6 @@ logger = logging.getLogger(__name__)
 MAX_STATE_LENGTH: Final = 2048
 METADATA_DOCUMENT_TTL: Final = 3600.0
 """How long a fetched client ID metadata document is trusted before it is fetched again."""
-
-
-class ScopePolicy(Protocol):
-    """Which of ``requested`` this user may grant ``client_id`` for ``resource`` (the policy engine plugs in
-    here: ``policy.authorizer.ScopeGrants``)."""
-
-    def __call__(self, user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]: ...
-
-
-def allow_all(user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]:
-    """The default policy: a user may grant every scope the resource offers."""
-    return requested
 
 
 class MetadataDocuments(Protocol):
@@ -154,6 +142,7 @@ class AuthorizationServer:
         self._grants = TokenEndpoint(
             store=store,
             signer=signer,
+            scope_policy=scope_policy,
             sealer=sealer,
             resources=self._resources,
             lifetimes=self._lifetimes,

@@ -121,3 +121,15 @@ class UserDirectory(Protocol):
         ...
 
     async def get(self, user_id: str) -> User | None: ...
+
+
+class ScopePolicy(Protocol):
+    """Which of ``requested`` this user may grant ``client_id`` for ``resource`` (the policy engine plugs in
+    here: ``policy.authorizer.ScopeGrants``)."""
+
+    def __call__(self, user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]: ...
+
+
+def allow_all(user: User, resource: str, requested: frozenset[str], client_id: str) -> frozenset[str]:
+    """The default policy: a user may grant every scope the resource offers."""
+    return requested

@@ -1,7 +1,8 @@
 """The Cedar schema every policy is validated against (at startup, on reload, by ``policy validate``).
 
 Principals are ``User``s (the token's subject, or the client certificate's identity), members of their
-``Role``s (the token's roles claim, or ``tls.client_auth.roles``); the OAuth client is ``context.client_id``. Resources are an upstream's ``Tool``s, ``Resource``s and
+``Role``s (the token's roles claim, or ``tls.client_auth.roles``); the OAuth client is
+``context.client_id``. Resources are an upstream's ``Tool``s, ``Resource``s and
 ``Prompt``s, each a member of its ``Server``, and the OAuth ``Scope``s the authorization server grants.
 Actions are the MCP methods they decide (``tools/call`` ...), the list methods (grouped under ``list``,
 deciding whether a server may be listed at all), and ``grant_scope`` (may the authorization server grant
