@@ -74,7 +74,8 @@ def ip_of(client_addr: str) -> str:
     Unix socket), which no address rule of a policy matches by accident."""
     for candidate in (client_addr.rpartition(":")[0].strip("[]"), client_addr):
         try:
-            return str(ipaddress.ip_address(candidate))
+            # A scoped IPv6 address (fe80::1%eth0) without its zone: Cedar's ip() has no zones.
+            return str(ipaddress.ip_address(candidate.partition("%")[0]))
         except ValueError:
             continue
     return "0.0.0.0"  # noqa: S104 - a value for policies to compare, not an address to bind

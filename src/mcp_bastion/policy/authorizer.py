@@ -13,8 +13,9 @@ Invariants:
 - anything this module cannot classify is refused, never waved through: a ``tools/call`` without a string
   ``name`` or with non-object ``arguments``, a tool the upstream never listed, an argument Cedar cannot
   represent;
-- an item is listed only if a call of it without arguments would pass both checks; policies that look at
-  arguments can refuse more at call time, never less (Cedar cannot permit on an argument it was not given).
+- an item is listed only if a call of it without arguments (``arguments`` present and empty, exactly as
+  ``check_call`` sees such a call) would pass both checks; policies that look at arguments can refuse more
+  at call time, never less (Cedar cannot permit on an argument it was not given).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Authorizer:
             return False
         if method == "tools/list":
             tool = self.catalog.learn(server, item)
-            return tool is not None and self._passes(engine, entities.tool_query(caller, tool, None), tool, caller)
+            return tool is not None and self._passes(engine, entities.tool_query(caller, tool, {}), tool, caller)
         if method in ("resources/list", "resources/templates/list"):
             uri = item.get("uri") if method == "resources/list" else item.get("uriTemplate")
             if not isinstance(uri, str):
@@ -109,7 +110,7 @@ class Authorizer:
             if not isinstance(name, str):
                 return False
             scopes = self.catalog.scopes(server).read_scopes()
-            query = entities.prompt_query(caller, server, name, scopes, None)
+            query = entities.prompt_query(caller, server, name, scopes, {})
             return engine.decide(query).allowed and scopes <= caller.principal.scopes
         return False
 

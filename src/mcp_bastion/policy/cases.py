@@ -96,6 +96,14 @@ def load_cases(path: Path) -> list[dict[str, object]]:
             raise ConfigError(f"{path}: case {index}: expect must be one of {list(OUTCOMES)}")
         if "action" not in case or "user" not in case:
             raise ConfigError(f"{path}: case {index}: needs user and action")
+        # A value of the wrong shape would be ignored below, making the case test something else.
+        for key, kind, shape in (
+            ("arguments", dict, "a table"),
+            ("annotations", dict, "a table"),
+            ("listed", bool, "true or false"),
+        ):
+            if key in case and not isinstance(case[key], kind):
+                raise ConfigError(f"{path}: case {index}: {key} must be {shape}")
     return [dict(case) for case in cases]
 
 

@@ -121,7 +121,10 @@ class PolicyStore:
         while True:
             await asyncio.sleep(self._poll)
             if self._file_stamps() != self._stamps:
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # a bug must not stop the watcher for good: logged, tried at the next change
+                    logger.exception("policy reload failed")
 
     def _file_stamps(self) -> tuple[tuple[int, int] | None, ...]:
         stamps: list[tuple[int, int] | None] = []
