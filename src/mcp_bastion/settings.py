@@ -211,6 +211,70 @@ class RateLimitSettings(_Model):
     """A secret reference (``env:NAME``, ``file:/path``) or literal."""
 
 
+class OpenBaoSettings(_Model):
+    """The vault's root key in OpenBao / HashiCorp Vault Transit (a derived aes256-gcm96 key)."""
+
+    url: str
+    key_name: str = "mcp-bastion"
+    mount: str = "transit"
+    token: str | None = None
+    """A secret reference (``env:BAO_TOKEN``, ``file:/run/secrets/bao``), or give AppRole below."""
+    role_id: str | None = None
+    secret_id: str | None = None
+    """A secret reference."""
+    namespace: str | None = None
+    ca_bundle: Path | None = None
+    timeout: float = Field(5.0, gt=0, le=60)
+    allow_insecure_http: bool = False
+    """Plain http to a loopback OpenBao (development only)."""
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> OpenBaoSettings:
+        approle = self.role_id is not None or self.secret_id is not None
+        if (self.token is None) == (not approle) or (approle and (self.role_id is None or self.secret_id is None)):
+            raise ValueError("give either token, or role_id and secret_id (AppRole)")
+        return self
+
+
+class AwsKmsSettings(_Model):
+    """The vault's root key in AWS KMS (a symmetric key; its id, ARN or alias)."""
+
+    key_id: str
+    region: str
+    endpoint_url: str | None = None
+    """A VPC endpoint, or a test server."""
+    access_key_id: str | None = None
+    """A secret reference; absent: the default AWS credential chain (instance role, environment, ...)."""
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    timeout: float = Field(5.0, gt=0, le=60)
+    allow_insecure_http: bool = False
+    """Plain http to a loopback endpoint (tests only)."""
+
+
+class VaultSettings(_Model):
+    """Where the vault's key-encryption keys come from (secrets at rest: signing keys, tokens, ...)."""
+
+    backend: Literal["file", "openbao", "aws-kms"] = "file"
+    """``file``: a 0600 key file in the state directory; otherwise KEKs wrapped by the remote root key."""
+    openbao: OpenBaoSettings | None = None
+    aws_kms: AwsKmsSettings | None = None
+    refresh_seconds: float = Field(300.0, gt=0, le=3600)
+    """How often KEKs are unwrapped again (a remote that revoked us is noticed within this time)."""
+    max_stale_seconds: float = Field(900.0, gt=0, le=86400)
+    """How long unwrapped KEKs stay usable while the remote cannot be reached; then the vault refuses."""
+
+    @model_validator(mode="after")
+    def _section_for_backend(self) -> VaultSettings:
+        if self.backend == "openbao" and self.openbao is None:
+            raise ValueError("backend 'openbao' needs a [vault.openbao] section")
+        if self.backend == "aws-kms" and self.aws_kms is None:
+            raise ValueError("backend 'aws-kms' needs a [vault.aws_kms] section")
+        if self.refresh_seconds >= self.max_stale_seconds:
+            raise ValueError("refresh_seconds must be below max_stale_seconds")
+        return self
+
+
 class PolicySettings(_Model):
     """Cedar policies (``policy/`` explains the schema). No files: every call is denied (logged at start)."""
 
@@ -309,6 +373,7 @@ class Settings(_Model):
     limits: LimitSettings = LimitSettings()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
+    vault: VaultSettings = VaultSettings()
     upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
 
     @field_validator("upstreams")
@@ -330,6 +395,11 @@ class Settings(_Model):
                 found.append(f"upstreams.{name}.allow_insecure_http = true: upstream traffic is not encrypted")
             if upstream.allow_methods:
                 found.append(f"upstreams.{name}.allow_methods forwards non-MCP methods: {upstream.allow_methods}")
+        vault = self.vault
+        if vault.backend == "openbao" and vault.openbao is not None and vault.openbao.allow_insecure_http:
+            found.append("vault.openbao.allow_insecure_http = true: the vault's root key is reached over plain http")
+        if vault.backend == "aws-kms" and vault.aws_kms is not None and vault.aws_kms.allow_insecure_http:
+            found.append("vault.aws_kms.allow_insecure_http = true: KMS is reached over plain http")
         if self.oauth.allow_private_metadata_hosts:
             found.append("oauth.allow_private_metadata_hosts = true: client metadata fetched from private hosts")
         for provider in self.oauth.federation:

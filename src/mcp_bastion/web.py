@@ -47,7 +47,10 @@ from mcp_bastion.storage.db import Database, default_url
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
 from mcp_bastion.vault.envelope import Vault
 from mcp_bastion.vault.keyfile import DEFAULT_FILENAME, LocalKeyFile
+from mcp_bastion.vault.remote import FILENAME as REMOTE_KEYS_FILENAME
+from mcp_bastion.vault.remote import WrappedKeyRing
 from mcp_bastion.vault.sealer import VaultSealer
+from mcp_bastion.vault.wrapper import KeyWrapper
 
 log = logging.getLogger("mcp_bastion.web")
 
@@ -64,6 +67,8 @@ class Authorization:
     """The authorization server and what it owns; started and stopped with the gateway."""
 
     db: Database
+    kek: LocalKeyFile | WrappedKeyRing
+    """The vault's KEKs (a remote ring is unwrapped at startup and refreshed in the background)."""
     keys: SigningKeyRing
     """Signs our access tokens; the gateway's own issuer trusts its ``key_source``."""
     server: AuthorizationServer
@@ -76,9 +81,15 @@ class Authorization:
     """External IdPs by name (``oauth.federation``), shared with the pages."""
     _retries: list[asyncio.Task[None]] = field(default_factory=list)
     _maintain: asyncio.Task[None] | None = None
+    _kek_refresh: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         await self.db.upgrade()
+        if isinstance(self.kek, WrappedKeyRing):
+            # The remote root key must answer before anything is opened: a gateway that cannot reach it
+            # does not start (the signing keys could not be opened), rather than run without its secrets.
+            await self.kek.load()
+            self._kek_refresh = asyncio.create_task(self.kek.maintain())
         # Before any request: creates the first key on a new database, and refuses to start (ConfigError)
         # when no stored key can be opened with this vault, rather than minting with a key nobody trusts.
         await self.keys.load()
@@ -95,13 +106,16 @@ class Authorization:
                 self._retries.append(asyncio.create_task(_keep_discovering(name, self.federation[name])))
 
     async def shutdown(self) -> None:
-        for task in [*self._retries, *([self._maintain] if self._maintain is not None else [])]:
+        background = [task for task in (self._maintain, self._kek_refresh) if task is not None]
+        for task in [*self._retries, *background]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for login in self.federation.values():
             await login.aclose()
         await self.keys.aclose()
+        if isinstance(self.kek, WrappedKeyRing):
+            await self.kek.aclose()
         await self.server.aclose()
         if self.documents is not None:
             await self.documents.aclose()
@@ -147,8 +161,69 @@ class _Limiter:
 
 
 def open_vault(settings: Settings) -> Vault:
-    """The vault of secrets at rest: its KEK file sits in the state directory (created 0600 on first use)."""
-    return Vault(LocalKeyFile(settings.server.state_dir / DEFAULT_FILENAME))
+    """The vault of secrets at rest over the configured KEK backend. A remote backend's KEKs must be loaded
+    (``await load_kek(vault)``) before the vault opens anything."""
+    return Vault(kek_backend(settings))
+
+
+async def load_kek(vault: Vault) -> None:
+    """Unwrap a remote backend's KEKs (nothing to do for the key file)."""
+    kek = vault.kek
+    if isinstance(kek, WrappedKeyRing):
+        await kek.load()
+
+
+def kek_backend(settings: Settings) -> LocalKeyFile | WrappedKeyRing:
+    """``vault.backend``: the local KEK file (created 0600 on first use), or a ring of KEKs wrapped by
+    OpenBao/Vault Transit or AWS KMS. The remote clients are imported only when configured (boto3 alone
+    costs half a second at startup)."""
+    config = settings.vault
+    state_dir = settings.server.state_dir
+    if config.backend == "file":
+        return LocalKeyFile(state_dir / DEFAULT_FILENAME)
+    wrapper: KeyWrapper
+    if config.backend == "openbao":
+        from mcp_bastion.vault.openbao import OpenBaoTransit
+
+        bao = config.openbao
+        assert bao is not None  # the settings model requires the section
+        wrapper = OpenBaoTransit(
+            url=bao.url,
+            key_name=bao.key_name,
+            mount=bao.mount,
+            token=_secret(bao.token, "vault.openbao.token"),
+            role_id=bao.role_id,
+            secret_id=_secret(bao.secret_id, "vault.openbao.secret_id"),
+            namespace=bao.namespace,
+            ca_bundle=bao.ca_bundle,
+            timeout=bao.timeout,
+            allow_insecure_http=bao.allow_insecure_http,
+        )
+    else:
+        from mcp_bastion.vault.awskms import AwsKms
+
+        kms = config.aws_kms
+        assert kms is not None
+        wrapper = AwsKms(
+            key_id=kms.key_id,
+            region=kms.region,
+            endpoint_url=kms.endpoint_url,
+            access_key_id=_secret(kms.access_key_id, "vault.aws_kms.access_key_id"),
+            secret_access_key=_secret(kms.secret_access_key, "vault.aws_kms.secret_access_key"),
+            session_token=_secret(kms.session_token, "vault.aws_kms.session_token"),
+            timeout=kms.timeout,
+            allow_insecure_http=kms.allow_insecure_http,
+        )
+    return WrappedKeyRing(
+        wrapper,
+        state_dir / REMOTE_KEYS_FILENAME,
+        refresh_interval=config.refresh_seconds,
+        max_stale=config.max_stale_seconds,
+    )
+
+
+def _secret(reference: str | None, setting: str) -> str | None:
+    return resolve_reference(reference, setting) if reference is not None else None
 
 
 def key_ring(db: Database, vault: Vault, settings: Settings) -> SigningKeyRing:
@@ -175,7 +250,9 @@ async def mint_token(
     banner): the key ring's current key when the authorization server is on, else the key file."""
     signer: TokenSigner
     if settings.oauth.enabled:
-        ring = key_ring(db, open_vault(settings), settings)
+        vault = open_vault(settings)
+        await load_kek(vault)
+        ring = key_ring(db, vault, settings)
         await ring.load()
         signer = ring
     else:
@@ -195,7 +272,8 @@ def build_authorization(
     Call ``startup()`` before serving: the signing keys are read from the database there."""
     oauth = settings.oauth
     db = Database(default_url(settings))
-    vault = open_vault(settings)
+    kek = kek_backend(settings)
+    vault = Vault(kek)
     signer = key_ring(db, vault, settings)
     revocation = RevocationCache()
     offered = {resources[name]: dict(upstream.scopes) for name, upstream in settings.upstreams.items()}
@@ -245,7 +323,7 @@ def build_authorization(
         ),
     ]
     revocation.check = server
-    return Authorization(db, signer, server, users, Starlette(routes=routes), documents, revocation, federation)
+    return Authorization(db, kek, signer, server, users, Starlette(routes=routes), documents, revocation, federation)
 
 
 def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:

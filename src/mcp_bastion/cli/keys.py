@@ -17,7 +17,7 @@ from mcp_bastion.cli.users import ConfigOption, console, run_with_database, when
 from mcp_bastion.oauth.signingkeys import SigningKeyInfo, list_keys
 from mcp_bastion.settings import Settings
 from mcp_bastion.storage.db import Database
-from mcp_bastion.web import key_ring, open_vault
+from mcp_bastion.web import key_ring, load_kek, open_vault
 
 app = typer.Typer(no_args_is_help=True, help="Token-signing keys of the built-in authorization server.")
 
@@ -33,7 +33,9 @@ def rotate(
     """Make a new signing key current; the previous one retires (published until its tokens expire)."""
 
     async def command(db: Database, settings: Settings) -> tuple[str, float]:
-        ring = key_ring(db, open_vault(settings), settings)
+        vault = open_vault(settings)
+        await load_kek(vault)
+        ring = key_ring(db, vault, settings)
         return await ring.rotate(revoke_previous=revoke_previous), ring.retire_window
 
     kid, window = run_with_database(config, command)

@@ -96,6 +96,11 @@ class Vault:
         # One AESGCM object per KEK version: it holds the expanded key schedule, reused on every call.
         self._wrappers: dict[str, tuple[bytes, AESGCM]] = {}
 
+    @property
+    def kek(self) -> KeyEncryptionKeys:
+        """The KEK backend (for rotation and status)."""
+        return self._kek
+
     def seal(self, plaintext: bytes, *, owner: str, purpose: str, context: bytes = b"") -> bytes:
         """Encrypt ``plaintext`` for ``owner`` and ``purpose`` (and optional extra ``context`` bytes)."""
         _check_labels(owner, purpose)
