@@ -19,6 +19,8 @@ from mcp_bastion.asgi.app import BastionApp, json_document
 from mcp_bastion.asgi.mcp import MCPEndpoint
 from mcp_bastion.audit.record import connection_record
 from mcp_bastion.audit.sink import AuditSink, FileSink, StreamSink
+from mcp_bastion.delegation.static import NoAuth, PerUserSecret, SharedServiceAccount, UpstreamAuth
+from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
 from mcp_bastion.oauth.access_token import AccessTokenVerifier, TrustedIssuer
@@ -188,7 +190,8 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     )
 
     limits = settings.limits
-    upstreams = {name: build_upstream(name, up, settings) for name, up in settings.upstreams.items()}
+    credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
+    upstreams = {name: build_upstream(name, up, settings, credentials) for name, up in settings.upstreams.items()}
     sessions = SessionStore(
         max_per_principal=limits.max_sessions_per_principal, idle_seconds=limits.session_idle_seconds
     )
@@ -259,8 +262,26 @@ def allowed_methods(upstream: UpstreamSettings) -> frozenset[str]:
     return (DEFAULT_CLIENT_METHODS | frozenset(upstream.allow_methods)) - frozenset(upstream.deny_methods)
 
 
-def build_upstream(name: str, settings: UpstreamSettings, root: Settings) -> Upstream:
+def upstream_auth(name: str, settings: UpstreamSettings, credentials: CredentialStore | None) -> UpstreamAuth:
+    """``upstreams.<name>.auth``: what each request to the upstream carries for its user."""
+    auth = settings.auth
+    if auth.mode == "none":
+        return NoAuth()
+    if settings.url is None:
+        raise ConfigError(f"upstreams.{name}.auth: credentials for stdio servers are not supported yet (use env)")
+    if auth.shared_service_account is not None:
+        secret = resolve_reference(auth.shared_service_account, f"upstreams.{name}.auth.shared_service_account")
+        return SharedServiceAccount(secret, header=auth.header, scheme=auth.scheme)
+    if credentials is None:
+        raise ConfigError(f"upstreams.{name}.auth: per-user credentials live in the database (oauth.enabled)")
+    return PerUserSecret(credentials, name, header=auth.header, scheme=auth.scheme)
+
+
+def build_upstream(
+    name: str, settings: UpstreamSettings, root: Settings, credentials: CredentialStore | None = None
+) -> Upstream:
     limits = root.limits
+    auth = upstream_auth(name, settings, credentials)
     if settings.url is not None:
         context = None
         if settings.url.startswith("https:"):
@@ -275,6 +296,7 @@ def build_upstream(name: str, settings: UpstreamSettings, root: Settings) -> Ups
             request_timeout=limits.upstream_timeout,
             max_message_bytes=limits.max_upstream_message_bytes,
             max_json_depth=limits.max_json_depth,
+            auth=auth,
         )
     assert settings.command is not None
     return StdioUpstream(

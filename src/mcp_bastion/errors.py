@@ -14,7 +14,8 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── Unauthenticated     401 + WWW-Authenticate (RFC 6750, RFC 9728 resource_metadata)
     │   ├── Forbidden           the caller is known but may not do this
     │   │   ├── PolicyDenied    no policy permits it, or one forbids it (JSON-RPC error, HTTP 200)
-    │   │   └── InsufficientScope  the token lacks a scope the call needs: 403 + WWW-Authenticate
+    │   │   ├── InsufficientScope  the token lacks a scope the call needs: 403 + WWW-Authenticate
+    │   │   └── CredentialMissing  the user has no credential of their own for this upstream
     │   ├── SessionRejected     unknown, expired or foreign Mcp-Session-Id (all look alike: 404)
     │   ├── MalformedRequest    JSON-RPC -32600
     │   │   └── ParseFailed     JSON-RPC -32700
@@ -146,6 +147,15 @@ class InsufficientScope(Forbidden):
         super().__init__(detail, reason=reason)
         self.scopes = scopes
         """Every scope the call needs (RFC 6750 §3.1: the scope necessary to access the resource)."""
+
+
+class CredentialMissing(Forbidden):
+    """The user has no credential of their own for this upstream (an administrator must set one): the call
+    is refused rather than made with no credential or someone else's."""
+
+    reason = "upstream_credential_missing"
+    http_status = 200
+    public_message = "no credential for this server: ask an administrator to set one"
 
 
 class SessionRejected(Rejected):

@@ -286,6 +286,27 @@ class PolicySettings(_Model):
     rate_limits: RateLimitSettings = RateLimitSettings()
 
 
+class UpstreamAuthSettings(_Model):
+    """How the gateway authenticates to an upstream on behalf of the user (never with the user's token)."""
+
+    mode: Literal["none", "static"] = "none"
+    """``static``: each user's own secret from the vault (``mcp-bastion credentials set``), or the
+    ``shared_service_account`` when one is named."""
+    header: str = Field("authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    scheme: str = Field("Bearer", pattern=r"^[A-Za-z0-9._~+/-]{0,32}$")
+    """Put before the secret (``Bearer <secret>``); empty for a bare API key header."""
+    shared_service_account: str | None = None
+    """One secret for every user (a secret reference). Named for what it is: logged at every start."""
+
+    @model_validator(mode="after")
+    def _shared_only_for_static(self) -> UpstreamAuthSettings:
+        if self.shared_service_account is not None and self.mode != "static":
+            raise ValueError("shared_service_account needs mode = 'static'")
+        if self.header.lower() in ("cookie", "host", "content-length", "transfer-encoding", "mcp-session-id"):
+            raise ValueError(f"header {self.header!r} cannot carry a credential")
+        return self
+
+
 class UpstreamSettings(_Model):
     """One MCP server behind the gateway, served at ``/mcp/<name>``. Exactly one of url or command."""
 
@@ -311,6 +332,7 @@ class UpstreamSettings(_Model):
     """Derived tool scopes are ``<prefix>.read`` / ``.write`` / ``.delete`` (default: the upstream's name)."""
     tools: Mapping[str, ToolSettings] = Field(default_factory=dict)
     """Per-tool overrides of what the server declares (annotations are the server's claims, not facts)."""
+    auth: UpstreamAuthSettings = UpstreamAuthSettings()
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamSettings:
@@ -395,6 +417,12 @@ class Settings(_Model):
                 found.append(f"upstreams.{name}.allow_insecure_http = true: upstream traffic is not encrypted")
             if upstream.allow_methods:
                 found.append(f"upstreams.{name}.allow_methods forwards non-MCP methods: {upstream.allow_methods}")
+        for name, upstream in self.upstreams.items():
+            if upstream.auth.shared_service_account is not None:
+                found.append(
+                    f"upstreams.{name}.auth.shared_service_account: every user reaches {name} with the same "
+                    "credential (no per-user accountability upstream)"
+                )
         vault = self.vault
         if vault.backend == "openbao" and vault.openbao is not None and vault.openbao.allow_insecure_http:
             found.append("vault.openbao.allow_insecure_http = true: the vault's root key is reached over plain http")

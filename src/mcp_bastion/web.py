@@ -69,6 +69,7 @@ class Authorization:
     db: Database
     kek: LocalKeyFile | WrappedKeyRing
     """The vault's KEKs (a remote ring is unwrapped at startup and refreshed in the background)."""
+    vault: Vault
     keys: SigningKeyRing
     """Signs our access tokens; the gateway's own issuer trusts its ``key_source``."""
     server: AuthorizationServer
@@ -323,7 +324,8 @@ def build_authorization(
         ),
     ]
     revocation.check = server
-    return Authorization(db, kek, signer, server, users, Starlette(routes=routes), documents, revocation, federation)
+    app = Starlette(routes=routes)
+    return Authorization(db, kek, vault, signer, server, users, app, documents, revocation, federation)
 
 
 def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:

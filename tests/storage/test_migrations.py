@@ -19,7 +19,7 @@ from tests.storage.support import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
-HEAD = "0003_family_identity"
+HEAD = "0004_upstream_credentials"
 
 
 def _tables(connection: Connection) -> set[str]:

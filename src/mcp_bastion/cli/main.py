@@ -1,5 +1,5 @@
 """The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config`` and the groups ``users``,
-``clients``, ``keys``, ``policy``, ``vault``."""
+``clients``, ``keys``, ``policy``, ``vault``, ``credentials``."""
 
 from __future__ import annotations
 
@@ -125,13 +125,14 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from mcp_bastion.cli import clients, keys, policy, users, vault
+    from mcp_bastion.cli import clients, credentials, keys, policy, users, vault
 
     app.add_typer(users.app, name="users")
     app.add_typer(clients.app, name="clients")
     app.add_typer(keys.app, name="keys")
     app.add_typer(policy.app, name="policy")
     app.add_typer(vault.app, name="vault")
+    app.add_typer(credentials.app, name="credentials")
 
 
 _register_groups()

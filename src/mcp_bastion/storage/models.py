@@ -184,3 +184,20 @@ class SigningKeyRow(Base):
     """When a newer key took over signing; None for the key that signs now."""
     expires_at: Mapped[float | None] = mapped_column(Double, index=True)
     """When the key leaves the JWKS (its last tokens have expired); None while it signs."""
+
+
+class UpstreamCredentialRow(Base):
+    """A user's own credential for one upstream (``delegation.store``), sealed by the vault.
+
+    ``id`` is ``<upstream>\\x1f<issuer>\\x1f<subject>``; it is also the vault blob's owner, so a blob copied
+    to another user's or another upstream's row does not open.
+    """
+
+    __tablename__ = "upstream_credentials"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    upstream: Mapped[str] = mapped_column(String(128), index=True)
+    principal: Mapped[str] = mapped_column(String)
+    """``Principal.key`` of the user (issuer and subject)."""
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[float] = mapped_column(Double)

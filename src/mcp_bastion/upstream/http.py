@@ -20,7 +20,9 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
+from mcp_bastion.delegation.static import NoAuth, UpstreamAuth
 from mcp_bastion.errors import (
+    BastionError,
     ConfigError,
     MalformedRequest,
     MethodNotAllowed,
@@ -54,8 +56,11 @@ class HTTPUpstream:
         request_timeout: float,
         max_message_bytes: int,
         max_json_depth: int,
+        auth: UpstreamAuth | None = None,
     ) -> None:
         self.name = name
+        self.auth: UpstreamAuth = auth if auth is not None else NoAuth()
+        """The user's credential for each request (``delegation``); the client's token never goes upstream."""
         self.url = url
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -146,9 +151,13 @@ class HTTPChannel:
         except H1Error as exc:
             raise UpstreamError(f"{up.name}: {type(exc).__name__}: {exc}", reason="upstream_unreachable") from exc
 
+    async def _credential(self) -> list[tuple[bytes, bytes]]:
+        return await self._upstream.auth.headers(self.principal)
+
     async def send(self, message: Message, data: bytes, headers: Mapping[str, str]) -> Reply:
         deadline = self._upstream.deadline()
-        response = await self._request("POST", self._headers(_POST_HEADERS, headers), data, deadline)
+        request_headers = self._headers(_POST_HEADERS, headers) + await self._credential()
+        response = await self._request("POST", request_headers, data, deadline)
         if self.stateful and message.method == "initialize" and response.status < 300:
             self.session_id = response.headers.get("mcp-session-id")
         return await self._reply(response, message)
@@ -157,7 +166,8 @@ class HTTPChannel:
         up = self._upstream
         if self.session_id is None:
             raise MethodNotAllowed("no upstream session to listen on", reason="no_upstream_session")
-        response = await self._request("GET", self._headers(_GET_HEADERS, headers), b"", up.deadline())
+        request_headers = self._headers(_GET_HEADERS, headers) + await self._credential()
+        response = await self._request("GET", request_headers, b"", up.deadline())
         if response.status == 405:
             response.release()
             raise MethodNotAllowed(f"{up.name} offers no GET stream", reason="upstream_no_get_stream")
@@ -168,11 +178,12 @@ class HTTPChannel:
             return
         up = self._upstream
         session_id, self.session_id = self.session_id, None
-        headers = [(b"mcp-session-id", session_id.encode("latin-1"))]
         try:
+            headers = [(b"mcp-session-id", session_id.encode("latin-1")), *await self._credential()]
             response = await up.http.request("DELETE", up.target, headers, b"", deadline=up.deadline())
-        except (H1Error, UpstreamError, TimeoutError):
-            # The upstream session will expire on its own; nothing the client can do about it.
+        except (H1Error, BastionError, TimeoutError):
+            # The upstream session will expire on its own (also when the user's credential is gone now);
+            # nothing the client can do about it.
             return
         try:
             await response.read(up.max_message_bytes)

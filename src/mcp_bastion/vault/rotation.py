@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from mcp_bastion.storage.db import Database
-from mcp_bastion.storage.models import SigningKeyRow
+from mcp_bastion.storage.models import SigningKeyRow, UpstreamCredentialRow
 from mcp_bastion.vault.envelope import InvalidCiphertext, Vault
 
 BATCH: Final = 200
@@ -44,6 +44,13 @@ class SealedColumn:
 
 SEALED: Final[tuple[SealedColumn, ...]] = (
     SealedColumn("signing keys", SigningKeyRow.kid, SigningKeyRow.private_jwk, owner=str, purpose="signing-key"),
+    SealedColumn(
+        "upstream credentials",
+        UpstreamCredentialRow.id,
+        UpstreamCredentialRow.secret,
+        owner=str,
+        purpose="upstream-credential",
+    ),
 )
 """Every stored vault blob that outlives a request. (The refresh grace-window pairs are sealed too, but
 live for seconds: they are not worth re-wrapping and simply expire.)"""

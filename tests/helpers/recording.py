@@ -1,0 +1,86 @@
+"""A tiny MCP server over Streamable HTTP (JSON answers, stateless era) that records every request's headers.
+
+It serves one read-only tool, ``whoami``, whose result is the ``Authorization`` header it received, so a
+test can see exactly which credential the gateway sent for which user. Runs in the test's own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+WHOAMI = {
+    "name": "whoami",
+    "description": "The credential the server received.",
+    "inputSchema": {"type": "object", "properties": {}},
+    "annotations": {"readOnlyHint": True},
+}
+
+
+@dataclass
+class Recorder:
+    url: str = ""
+    requests: list[dict[str, str]] = field(default_factory=list)
+    """Headers of every request received (lower-cased names)."""
+
+
+def _answer(message: dict[str, object], request: Request) -> dict[str, object] | None:
+    method = message.get("method")
+    if "id" not in message:
+        return None
+    result: dict[str, object]
+    if method == "initialize":
+        result = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "rec", "version": "1"},
+        }
+    elif method == "tools/list":
+        result = {"tools": [WHOAMI]}
+    elif method == "tools/call":
+        text = request.headers.get("authorization", "(none)")
+        result = {"content": [{"type": "text", "text": text}], "isError": False}
+    else:
+        result = {}
+    return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+
+@contextlib.asynccontextmanager
+async def recording_upstream() -> AsyncIterator[Recorder]:
+    recorder = Recorder()
+
+    async def mcp(request: Request) -> Response:
+        recorder.requests.append({k.lower(): v for k, v in request.headers.items()})
+        message = orjson.loads(await request.body())
+        answer = _answer(message, request)
+        if answer is None:
+            return Response(status_code=202)
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    app = Starlette(routes=[Route("/mcp", mcp, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        recorder.url = f"http://127.0.0.1:{port}/mcp"
+        yield recorder
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
