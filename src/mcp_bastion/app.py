@@ -19,6 +19,7 @@ from mcp_bastion.asgi.app import BastionApp, json_document
 from mcp_bastion.asgi.mcp import MCPEndpoint
 from mcp_bastion.audit.record import connection_record
 from mcp_bastion.audit.sink import AuditSink, FileSink, StreamSink
+from mcp_bastion.delegation.exchange import TokenExchange
 from mcp_bastion.delegation.static import NoAuth, PerUserSecret, SharedServiceAccount, UpstreamAuth
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
@@ -269,6 +270,18 @@ def upstream_auth(name: str, settings: UpstreamSettings, credentials: Credential
         return NoAuth()
     if settings.url is None:
         raise ConfigError(f"upstreams.{name}.auth: credentials for stdio servers are not supported yet (use env)")
+    if auth.mode == "token_exchange":
+        # The settings model requires all three for this mode.
+        endpoint, client_id, secret = auth.token_endpoint or "", auth.client_id or "", auth.client_secret or ""
+        return TokenExchange(
+            token_endpoint=endpoint,
+            client_id=client_id,
+            client_secret=resolve_reference(secret, f"upstreams.{name}.auth.client_secret"),
+            audience=auth.audience or settings.url,
+            scopes=auth.scopes,
+            ca_bundle=auth.ca_bundle,
+            allow_insecure_http=auth.allow_insecure_http,
+        )
     if auth.shared_service_account is not None:
         secret = resolve_reference(auth.shared_service_account, f"upstreams.{name}.auth.shared_service_account")
         return SharedServiceAccount(secret, header=auth.header, scheme=auth.scheme)

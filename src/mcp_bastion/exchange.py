@@ -55,6 +55,9 @@ class Principal:
     """Roles from the token's ``roles`` claim (RFC 9068 §2.2.3.1) or the issuer's configured claim."""
     preferred_username: str | None = None
     """The human-readable name (OIDC ``preferred_username``); policies see ``subject`` when absent."""
+    token: str | None = field(default=None, repr=False, compare=False)
+    """The bearer token itself, kept only for RFC 8693 token exchange (``delegation.exchange``) at the
+    upstream's authorization server: never forwarded to an upstream, never logged."""
 
     @property
     def username(self) -> str:

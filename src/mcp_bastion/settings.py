@@ -154,6 +154,9 @@ class OAuthServerSettings(_Model):
     """A concurrent duplicate refresh within this window gets the same new pair instead of killing the family."""
     refresh_family_lifetime: int = Field(30 * 86400, ge=3600, le=365 * 86400)
     """Absolute lifetime of a refresh token family (a login), however often it is refreshed."""
+    token_exchange_audiences: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)
+    """RFC 8693: resources (URL -> the scopes they offer) for which confidential clients with the
+    token-exchange grant may trade a user's access token (e.g. the gateway itself, for its upstreams)."""
     registration: Literal["open", "token", "off"] = "open"
     """Dynamic client registration (RFC 7591): open, requiring an initial access token, or off."""
     registration_token: str | None = None
@@ -289,19 +292,34 @@ class PolicySettings(_Model):
 class UpstreamAuthSettings(_Model):
     """How the gateway authenticates to an upstream on behalf of the user (never with the user's token)."""
 
-    mode: Literal["none", "static"] = "none"
+    mode: Literal["none", "static", "token_exchange"] = "none"
     """``static``: each user's own secret from the vault (``mcp-bastion credentials set``), or the
-    ``shared_service_account`` when one is named."""
+    ``shared_service_account`` when one is named. ``token_exchange``: RFC 8693 — the user's token traded at
+    ``token_endpoint`` for one with the upstream as audience and the narrowest scopes."""
     header: str = Field("authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
     scheme: str = Field("Bearer", pattern=r"^[A-Za-z0-9._~+/-]{0,32}$")
     """Put before the secret (``Bearer <secret>``); empty for a bare API key header."""
     shared_service_account: str | None = None
     """One secret for every user (a secret reference). Named for what it is: logged at every start."""
+    token_endpoint: str | None = None
+    """token_exchange: the upstream's authorization server's token endpoint (https; http only on loopback
+    with ``allow_insecure_http``)."""
+    client_id: str | None = None
+    client_secret: str | None = None
+    """A secret reference (the gateway is a confidential client of that authorization server)."""
+    audience: str | None = None
+    """The upstream's resource URL (default: the upstream's ``url``)."""
+    scopes: tuple[str, ...] = ()
+    """The narrowest scopes to ask for (empty: what the authorization server grants by default)."""
+    ca_bundle: Path | None = None
+    allow_insecure_http: bool = False
 
     @model_validator(mode="after")
     def _shared_only_for_static(self) -> UpstreamAuthSettings:
         if self.shared_service_account is not None and self.mode != "static":
             raise ValueError("shared_service_account needs mode = 'static'")
+        if self.mode == "token_exchange" and not (self.token_endpoint and self.client_id and self.client_secret):
+            raise ValueError("token_exchange needs token_endpoint, client_id and client_secret")
         if self.header.lower() in ("cookie", "host", "content-length", "transfer-encoding", "mcp-session-id"):
             raise ValueError(f"header {self.header!r} cannot carry a credential")
         return self

@@ -306,6 +306,7 @@ def build_authorization(
         metadata_documents=documents,
         keys=signer.key_source,
         scope_policy=scope_policy,
+        exchange_audiences=oauth.token_exchange_audiences,
     )
     users = SQLUserDirectory(db)
     federation = {

@@ -58,12 +58,13 @@ class RunningGateway:
 @contextlib.asynccontextmanager
 async def running_gateway(
     tmp_path: Path,
-    upstreams: Mapping[str, Mapping[str, object]],
+    upstreams: Mapping[str, Mapping[str, object]] | Callable[[str], Mapping[str, Mapping[str, object]]],
     *,
     extra_origins: Callable[[int], list[str]] | None = None,
     **sections: Mapping[str, object],
 ) -> AsyncIterator[RunningGateway]:
-    """A gateway on a fresh loopback port; ``extra_origins(port)`` adds allowed Origins that name the port."""
+    """A gateway on a fresh loopback port; ``extra_origins(port)`` adds allowed Origins that name the port;
+    ``upstreams`` may be a function of the gateway's base URL (for settings that point back at it)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -83,6 +84,8 @@ async def running_gateway(
         allow_all.write_text("permit(principal, action, resource);\n")
         no_limits = {"per_user": None, "per_client": None, "per_tool": None}
         sections["policy"] = {"files": [str(allow_all)], "rate_limits": no_limits}
+    if callable(upstreams):
+        upstreams = upstreams(f"https://127.0.0.1:{port}")
     settings = parse_settings({"server": server_section, "upstreams": dict(upstreams), **sections})
     try:
         context, pki = listener_context(settings)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
+import orjson
 import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
@@ -151,3 +153,91 @@ def test_the_cli_stores_a_credential_from_standard_input(tmp_path: Path) -> None
     assert missing.exit_code == 1
     removed = runner.invoke(app, ["credentials", "remove", "crm", "--user", "alice", "-c", str(path)])
     assert removed.exit_code == 0, removed.output
+
+
+# -- RFC 8693 token exchange, with the gateway's own authorization server as the upstream's --------------
+
+
+def exchange_client(tmp_path: Path, *, token_exchange: bool = True) -> tuple[str, str]:
+    """A confidential client registered before the gateway starts (as an operator would)."""
+    from mcp_bastion.cli.main import app
+
+    path = tmp_path / "clients.toml"
+    path.write_text(
+        f'[server]\nstate_dir = "{tmp_path / "state"}"\n[upstreams.crm]\nurl = "https://crm.internal/mcp"\n'
+    )
+    grant = ["--token-exchange"] if token_exchange else ["--client-credentials"]
+    added = CliRunner().invoke(app, ["clients", "add", "--name", "gateway", "--confidential", *grant, "-c", str(path)])
+    assert added.exit_code == 0, added.output
+    client_id = added.output.split("client_id: ")[1].split()[0]
+    secret = added.output.split("client_secret: ")[1].split()[0]
+    return client_id, secret
+
+
+def exchanging(recorder: Recorder, client_id: str, tmp_path: Path) -> Callable[[str], dict[str, dict[str, object]]]:
+    def upstreams(base: str) -> dict[str, dict[str, object]]:
+        auth = {
+            "mode": "token_exchange",
+            "token_endpoint": f"{base}/oauth/token",
+            "client_id": client_id,
+            "client_secret": "env:EXCHANGE_SECRET",
+            "scopes": ["crm.read"],
+            "ca_bundle": str(tmp_path / "state" / "tls" / "ca.crt"),
+        }
+        return {"crm": {"url": recorder.url, "allow_insecure_http": True, "auth": auth}}
+
+    return upstreams
+
+
+def claims_of(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    value: dict[str, object] = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return value
+
+
+async def test_token_exchange_gives_each_user_a_narrow_token_for_the_upstream(
+    tmp_path: Path, upstream: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client_id, secret = await anyio.to_thread.run_sync(exchange_client, tmp_path)
+    monkeypatch.setenv("EXCHANGE_SECRET", secret)
+    oauth = {"token_exchange_audiences": {upstream.url: ["crm.read", "crm.write"]}}
+    async with running_gateway(tmp_path, exchanging(upstream, client_id, tmp_path), oauth=oauth) as gw:
+        _, alice = await user_token(gw, "alice")
+        _, bob = await user_token(gw, "bob")
+        sent = {}
+        for name, token in (("alice", alice), ("bob", bob)):
+            text = (await whoami(gw, token))["result"]["content"][0]["text"]  # type: ignore[index]
+            assert text.startswith("Bearer ")
+            sent[name] = text.removeprefix("Bearer ")
+            assert sent[name] != token  # never the user's own token
+        for name, token in (("alice", alice), ("bob", bob)):
+            exchanged, own = claims_of(sent[name]), claims_of(token)
+            assert exchanged["sub"] == own["sub"]  # the same user ...
+            assert exchanged["aud"] == upstream.url  # ... for the upstream only ...
+            assert exchanged["scope"] == "crm.read"  # ... with the narrowest scope asked for ...
+            assert exchanged["act"] == {"sub": client_id}  # ... and the gateway named as the actor
+            assert float(str(exchanged["exp"])) <= float(str(own["exp"]))  # never outliving the user's token
+        assert sent["alice"] != sent["bob"]
+        # The exchanged token is worthless at the gateway itself: its audience is the upstream.
+        async with gw.http(sent["alice"]) as http:
+            laundered = await http.post(gw.url("crm"), json=call("whoami", {}), headers=MODERN_HEADERS)
+        assert laundered.status_code == 401
+        # One exchange serves a burst of calls.
+        calls = len(upstream.requests)
+        await whoami(gw, alice)
+        assert len(upstream.requests) == calls + 1
+
+
+async def test_a_client_without_the_exchange_grant_is_refused(
+    tmp_path: Path, upstream: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client_id, secret = await anyio.to_thread.run_sync(lambda: exchange_client(tmp_path, token_exchange=False))
+    monkeypatch.setenv("EXCHANGE_SECRET", secret)
+    oauth = {"token_exchange_audiences": {upstream.url: ["crm.read"]}}
+    async with running_gateway(tmp_path, exchanging(upstream, client_id, tmp_path), oauth=oauth) as gw:
+        _, alice = await user_token(gw, "alice")
+        calls = len(upstream.requests)
+        refused = await whoami(gw, alice)
+        assert refused["error"]["data"]["reason"] == "upstream_token_exchange_refused"  # type: ignore[index]
+        assert len(upstream.requests) == calls
+        assert "unauthorized_client" in str(gw.audit()[-1]["detail"])

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from mcp_bastion.cli.users import ConfigOption, console, run_with_database, when
-from mcp_bastion.oauth.registration import Registration, register
+from mcp_bastion.oauth.registration import TOKEN_EXCHANGE, Registration, register
 from mcp_bastion.oauth.store import ClientRecord
 from mcp_bastion.settings import Settings
 from mcp_bastion.storage.db import Database
@@ -42,6 +42,9 @@ def add(
     client_credentials: Annotated[
         bool, typer.Option("--client-credentials", help="Allow the client_credentials grant (needs --confidential).")
     ] = False,
+    token_exchange: Annotated[
+        bool, typer.Option("--token-exchange", help="Allow RFC 8693 token exchange (a gateway; needs --confidential).")
+    ] = False,
     scope: Annotated[
         str | None, typer.Option("--scope", help="Space-separated scopes the client may ask for (default: any).")
     ] = None,
@@ -51,8 +54,10 @@ def add(
     grants = ["authorization_code", "refresh_token"] if redirect_uri else []
     if client_credentials:
         grants.append("client_credentials")
+    if token_exchange:
+        grants.append(TOKEN_EXCHANGE)
     if not grants:
-        typer.echo("error: give --redirect-uri (users log in) or --client-credentials (a machine client)", err=True)
+        typer.echo("error: give --redirect-uri (users log in), --client-credentials or --token-exchange", err=True)
         raise typer.Exit(1)
     body: dict[str, object] = {
         "client_name": name,

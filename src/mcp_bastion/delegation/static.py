@@ -29,6 +29,8 @@ class UpstreamAuth(Protocol):
 
     async def headers(self, principal: Principal) -> list[Header]: ...
 
+    async def aclose(self) -> None: ...
+
 
 @final
 class NoAuth:
@@ -36,6 +38,9 @@ class NoAuth:
 
     async def headers(self, principal: Principal) -> list[Header]:
         return []
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _header(name: str, scheme: str, secret: bytes) -> Header:
@@ -59,6 +64,9 @@ class SharedServiceAccount:
     async def headers(self, principal: Principal) -> list[Header]:
         return [self._header]
 
+    async def aclose(self) -> None:
+        pass
+
 
 @final
 class PerUserSecret:
@@ -81,3 +89,6 @@ class PerUserSecret:
         if secret is None:
             raise CredentialMissing(f"{self._upstream}: no credential for {principal.subject}")
         return [_header(self._name, self._scheme, secret)]
+
+    async def aclose(self) -> None:
+        pass

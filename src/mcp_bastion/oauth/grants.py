@@ -32,10 +32,12 @@ from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.message import JSONValue
 from mcp_bastion.oauth import pkce, scopes
 from mcp_bastion.oauth.refusal import Refusal
+from mcp_bastion.oauth.registration import TOKEN_EXCHANGE
 from mcp_bastion.oauth.sealing import Sealer, Unsealable
 from mcp_bastion.oauth.service import ScopePolicy, User, allow_all
 from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.store import ClientRecord, FamilyRecord, OAuthStore, RefreshRecord
+from mcp_bastion.oauth.tokenexchange import TokenExchanger
 
 MAX_ACCESS_TOKEN_LIFETIME: Final = 3600
 """Access tokens are bearer credentials checked against revocation on every call; an hour is the cap."""
@@ -104,6 +106,7 @@ class TokenEndpoint:
         signer: TokenSigner,
         sealer: Sealer,
         scope_policy: ScopePolicy = allow_all,
+        exchanger: TokenExchanger | None = None,
         resources: Mapping[str, frozenset[str]],
         lifetimes: Lifetimes,
         random: Callable[[int], bytes] = secrets.token_bytes,
@@ -111,6 +114,7 @@ class TokenEndpoint:
         self._store = store
         self._signer = signer
         self._policy = scope_policy
+        self._exchanger = exchanger
         self._sealer = sealer
         self._resources = resources
         self._lifetimes = lifetimes
@@ -126,6 +130,8 @@ class TokenEndpoint:
             "refresh_token": self._refresh_token,
             "client_credentials": self._client_credentials,
         }
+        if self._exchanger is not None:
+            handlers[TOKEN_EXCHANGE] = self._exchanger.exchange
         handler = handlers.get(grant_type)
         if handler is None:
             raise Refusal("unsupported_grant_type", "grant_type_unsupported", "grant_type is not supported")

@@ -44,7 +44,9 @@ AUTH_METHODS: Final[frozenset[str]] = frozenset(
     {"none", "client_secret_basic", "client_secret_post", "private_key_jwt"}
 )
 SECRET_METHODS: Final = frozenset({"client_secret_basic", "client_secret_post"})
-GRANT_TYPES: Final = frozenset({"authorization_code", "refresh_token", "client_credentials"})
+TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a grant type name
+"""RFC 8693 §2.1: for gateways and services that act for a user towards another resource."""
+GRANT_TYPES: Final = frozenset({"authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE})
 MAX_REDIRECT_URIS: Final = 20
 MAX_NAME_LENGTH: Final = 128
 SECRET_BYTES: Final = 32
@@ -107,10 +109,11 @@ def validate_metadata(body: Mapping[str, object], *, known_scopes: frozenset[str
     grants = _string_list(body, "grant_types", ["authorization_code"])
     if not grants or not GRANT_TYPES.issuperset(grants):
         raise _bad(
-            "grant_type_unsupported", "grant_types may only be authorization_code, refresh_token, client_credentials"
+            "grant_type_unsupported",
+            "grant_types may only be authorization_code, refresh_token, client_credentials, token-exchange",
         )
-    if "client_credentials" in grants and method == "none":
-        raise _bad("grant_type_unsupported", "client_credentials needs a confidential client")
+    if ("client_credentials" in grants or TOKEN_EXCHANGE in grants) and method == "none":
+        raise _bad("grant_type_unsupported", "client_credentials and token exchange need a confidential client")
     if "refresh_token" in grants and "authorization_code" not in grants:
         raise _bad("grant_type_unsupported", "refresh_token comes with authorization_code")
     code_flow = "authorization_code" in grants

@@ -62,6 +62,13 @@ class TokenStatus:
                     return None
         return None
 
+    async def live_access_claims(self, token: str) -> AccessClaims | None:
+        """The claims of one of our access tokens that is valid and not revoked, or None (token exchange)."""
+        claims = await self._access_claims(token)
+        if claims is None or await self.is_revoked(claims):
+            return None
+        return claims
+
     async def revoke(self, token: str, client: ClientRecord) -> None:
         """Revoke ``token`` if it is ``client``'s: a refresh token takes its family, an access token its jti."""
         claims = await self._access_claims(token)

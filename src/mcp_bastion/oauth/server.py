@@ -52,6 +52,7 @@ from mcp_bastion.oauth.store import (
     OAuthStore,
     PendingRecord,
 )
+from mcp_bastion.oauth.tokenexchange import TokenExchanger
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class AuthorizationServer:
         client_keys: ClientKeys | None = None,
         metadata_documents: MetadataDocuments | None = None,
         keys: KeySource | None = None,
+        exchange_audiences: Mapping[str, Iterable[str]] | None = None,
         clock: Callable[[], float] = time.time,
         random: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
@@ -139,21 +141,36 @@ class AuthorizationServer:
         self._documents = metadata_documents
         self._clock = clock
         self._random = random
-        self._grants = TokenEndpoint(
-            store=store,
-            signer=signer,
-            scope_policy=scope_policy,
-            sealer=sealer,
-            resources=self._resources,
-            lifetimes=self._lifetimes,
-            random=random,
-        )
         self._status = TokenStatus(
             issuer=issuer,
             keys=keys if keys is not None else SignerKeys(signer),
             store=store,
             resources=tuple(offered),
             clock=clock,
+        )
+        exchanger = None
+        audiences = {target: frozenset(names) for target, names in (exchange_audiences or {}).items()}
+        if audiences:
+            mixed = set(audiences) & set(offered)
+            if mixed:
+                raise ConfigError(f"token exchange audiences must not be our own MCP endpoints: {sorted(mixed)}")
+            exchanger = TokenExchanger(
+                audiences=audiences,
+                signer=signer,
+                verify_subject=self._status.live_access_claims,
+                scope_policy=scope_policy,
+                lifetime=self._lifetimes.access_token,
+            )
+        self._exchange_audiences: Final = frozenset(audiences)
+        self._grants = TokenEndpoint(
+            store=store,
+            signer=signer,
+            scope_policy=scope_policy,
+            exchanger=exchanger,
+            sealer=sealer,
+            resources=self._resources,
+            lifetimes=self._lifetimes,
+            random=random,
         )
 
     @property
@@ -380,6 +397,8 @@ class AuthorizationServer:
     def metadata(self) -> dict[str, JSONValue]:
         """The RFC 8414 metadata document."""
         grants = {"authorization_code", "refresh_token", "client_credentials"}
+        if self._exchange_audiences:
+            grants.add(registration.TOKEN_EXCHANGE)
         return asmetadata.authorization_server_metadata(
             self.endpoints,
             scopes_supported=self._all_scopes,

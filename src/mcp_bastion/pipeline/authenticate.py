@@ -70,6 +70,7 @@ class Authenticate:
             expires_at=claims.expires_at,
             roles=_names(claims.raw.get(self.roles_claims.get(claims.issuer, "roles"))),
             preferred_username=_text(claims.raw.get("preferred_username")),
+            token=token,
         )
 
 

@@ -96,6 +96,7 @@ class HTTPUpstream:
         )
 
     async def aclose(self) -> None:
+        await self.auth.aclose()
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
