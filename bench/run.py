@@ -1,8 +1,11 @@
 """The gateway's hop: `tools/call` to a plain `mcp` SDK upstream, direct and through mcp-bastion, same run;
-then the authorization side (`bench.oauth`: token endpoint grants per second, cost of verifying a token).
+then the authorization side (`bench.oauth`: token endpoint grants per second, cost of verifying a token);
+then the vault (`bench.vault`: seal/open per call warm, cold loads of each KEK backend).
 
     scripts/bench [--quick] [--json FILE] [--reps N] [--seconds S] [--saturate N] [--client auto|wrk|python]
-                  [--oauth-only | --no-oauth]
+                  [--oauth-only | --no-oauth] [--vault-only | --no-vault]
+
+`--oauth-only` and `--vault-only` run only those sections (both may be given).
 
 Starts N echo upstreams (`mcp_bastion.demo.echo`, one process each) and one gateway in front of them with
 its default security (TLS with a local CA, JWT bearer tokens from the built-in issuer, audit log), then
@@ -469,6 +472,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--oauth-only", action="store_true", help="only the authorization section (~60 s, quick ~20 s; own plan)"
     )
     which.add_argument("--no-oauth", action="store_true", help="skip the authorization section")
+    vault = parser.add_mutually_exclusive_group()
+    vault.add_argument(
+        "--vault-only", action="store_true", help="only the vault section (~25 s, quick ~10 s; own plan)"
+    )
+    vault.add_argument("--no-vault", action="store_true", help="skip the vault section")
     args = parser.parse_args(argv)
     args.reps = args.reps or 3
     args.seconds = args.seconds or (2 if args.quick else 5)
@@ -495,7 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes: list[mcp.Mode] = ["modern"] if args.no_handshake else ["modern", "handshake"]
     estimate = args.reps * len(scenarios) * 2 * (args.seconds + args.warmup)
     tool: Tool | None = None
-    if not args.oauth_only:
+    only = args.oauth_only or args.vault_only
+    run_oauth = args.oauth_only or not (only or args.no_oauth)
+    run_vault = args.vault_only or not (only or args.no_vault)
+    if not only:
         if estimate > TOKEN_LIFETIME - 300:
             print(f"scripts/bench: ~{estimate} s of runs outlives the {TOKEN_LIFETIME} s token", file=sys.stderr)
             return 2
@@ -511,13 +522,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if tool is not None:
             document = hop(args, tool, python, workdir, scenarios, modes, estimate)
-        if not args.no_oauth:
+        if run_oauth:
             from bench import oauth  # imports the gateway's authorization server: only when it runs
 
             report = oauth.run(python, workdir / "oauth", quick=args.quick)
             print()
             print(report.render())
             document["authorization"] = report.document()
+            environment = document.setdefault("environment", {})
+            environment.setdefault("cores", os.cpu_count())
+            environment.setdefault("python", platform.python_version())
+        if run_vault:
+            from bench import vault  # imports the vault backends' clients: only when it runs
+
+            vault_report = vault.run(workdir / "vault", quick=args.quick)
+            print()
+            print(vault_report.render())
+            document["vault"] = vault_report.document()
             environment = document.setdefault("environment", {})
             environment.setdefault("cores", os.cpu_count())
             environment.setdefault("python", platform.python_version())
