@@ -18,6 +18,8 @@ async refresh, and serves them from memory here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +28,19 @@ from typing import Final, Protocol, final
 KEY_BYTES: Final = 32
 """AES-256."""
 KEK_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url (the key files' encoding of keys and wrapped keys)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, what: str) -> bytes:
+    """The bytes of unpadded base64url ``text``; ``ValueError`` naming ``what`` (never the value) if not."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{what} is not base64url") from exc
 
 
 class UnknownKeyVersion(LookupError):

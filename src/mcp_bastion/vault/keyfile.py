@@ -21,14 +21,10 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import fcntl
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
@@ -36,8 +32,8 @@ from typing import Final, final
 import orjson
 
 from mcp_bastion.errors import ConfigError
-from mcp_bastion.privatefile import PRIVATE_MODE, read_private, write_atomic
-from mcp_bastion.vault.kek import KEK, KEY_BYTES, UnknownKeyVersion
+from mcp_bastion.privatefile import exclusive_lock, read_private, write_atomic
+from mcp_bastion.vault.kek import KEK, KEY_BYTES, UnknownKeyVersion, b64url_decode, b64url_encode
 
 DEFAULT_FILENAME: Final = "vault.key"
 """The key file's name inside ``server.state_dir``."""
@@ -65,17 +61,6 @@ class _Contents:
     current: str
 
 
-def _b64encode(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("a key is not base64url") from exc
-
-
 def _parse(data: bytes) -> _Contents:
     document = orjson.loads(data)
     if not isinstance(document, dict) or set(document) != {"format", "current", "keys"}:
@@ -97,7 +82,7 @@ def _parse(data: bytes) -> _Contents:
             raise ValueError(f"version {kek_id!r}: 'created_at' must be a number")
         if kek_id in keys:
             raise ValueError(f"version {kek_id!r} appears twice")
-        keys[kek_id] = KEK(kek_id, _b64decode(key))  # KEK checks the id's form and the key's size
+        keys[kek_id] = KEK(kek_id, b64url_decode(key, "a key"))  # KEK checks the id's form and the key's size
         created[kek_id] = float(created_at)
     current = document["current"]
     if not isinstance(current, str) or current not in keys:
@@ -107,7 +92,7 @@ def _parse(data: bytes) -> _Contents:
 
 def _render(contents: _Contents) -> bytes:
     entries = [
-        {"id": kek.id, "key": _b64encode(kek.key), "created_at": contents.created[kek.id]}
+        {"id": kek.id, "key": b64url_encode(kek.key), "created_at": contents.created[kek.id]}
         for kek in contents.keys.values()
     ]
     return orjson.dumps({"format": FORMAT, "current": contents.current, "keys": entries}, option=orjson.OPT_INDENT_2)
@@ -178,7 +163,7 @@ class LocalKeyFile:
 
     def rotate(self) -> KEK:
         """Add a new random KEK version and make it current; older versions stay for opening."""
-        with self._locked():
+        with exclusive_lock(self.path):
             contents = self._read()
             if len(contents.keys) >= MAX_VERSIONS:
                 raise ConfigError(f"KEK file {self.path} already holds {MAX_VERSIONS} versions")
@@ -199,17 +184,3 @@ class LocalKeyFile:
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             # ``exc`` never carries key bytes: only ids, counts and shapes are named above.
             raise ConfigError(f"KEK file {self.path} is malformed: {exc}") from None
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock = self.path.with_name(self.path.name + ".lock")
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(lock, flags, PRIVATE_MODE)
-        except OSError as exc:
-            raise ConfigError(f"cannot open lock file {lock}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock

@@ -25,14 +25,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
-import fcntl
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
@@ -40,9 +35,9 @@ from typing import Final, final
 import orjson
 
 from mcp_bastion.errors import ConfigError, Unavailable
-from mcp_bastion.privatefile import PRIVATE_MODE, read_private, write_atomic
+from mcp_bastion.privatefile import exclusive_lock, read_private, write_atomic
 from mcp_bastion.vault.envelope import InvalidCiphertext
-from mcp_bastion.vault.kek import KEK, KEY_BYTES, UnknownKeyVersion, check_kek_id
+from mcp_bastion.vault.kek import KEK, KEY_BYTES, UnknownKeyVersion, b64url_decode, b64url_encode, check_kek_id
 from mcp_bastion.vault.keyfile import KeyVersion
 from mcp_bastion.vault.wrapper import KeyWrapper
 
@@ -71,17 +66,6 @@ class _File:
     entries: tuple[_Entry, ...]
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("'wrapped' is not base64url") from exc
-
-
 def _parse(data: bytes) -> _File:
     document = orjson.loads(data)
     if not isinstance(document, dict) or set(document) != {"format", "backend", "current", "keys"}:
@@ -102,7 +86,7 @@ def _parse(data: bytes) -> _File:
             raise ValueError("'id' and 'wrapped' must be strings")
         if isinstance(created_at, bool) or not isinstance(created_at, int | float):
             raise ValueError(f"version {kek_id!r}: 'created_at' must be a number")
-        entries.append(_Entry(check_kek_id(kek_id), _unb64(wrapped), float(created_at)))
+        entries.append(_Entry(check_kek_id(kek_id), b64url_decode(wrapped, "'wrapped'"), float(created_at)))
     ids = [entry.id for entry in entries]
     if len(set(ids)) != len(ids):
         raise ValueError("a version id appears twice")
@@ -112,7 +96,7 @@ def _parse(data: bytes) -> _File:
 
 
 def _render(contents: _File) -> bytes:
-    keys = [{"id": e.id, "wrapped": _b64(e.wrapped), "created_at": e.created_at} for e in contents.entries]
+    keys = [{"id": e.id, "wrapped": b64url_encode(e.wrapped), "created_at": e.created_at} for e in contents.entries]
     document = {"format": FORMAT, "backend": contents.backend, "current": contents.current, "keys": keys}
     return orjson.dumps(document, option=orjson.OPT_INDENT_2)
 
@@ -170,7 +154,7 @@ class WrappedKeyRing:
         ``Unavailable`` (remote down or refusing) and ``ConfigError`` (file of another backend)."""
         await self.wrapper.prepare()
         if not self.path.exists() and not self.path.is_symlink():
-            with self._locked():
+            with exclusive_lock(self.path):
                 if not self.path.exists():
                     kek_id = f"{ID_PREFIX}1"
                     _, wrapped = await self.wrapper.generate(kek_id)
@@ -211,7 +195,7 @@ class WrappedKeyRing:
 
     async def rotate(self) -> KEK:
         """A new KEK version, wrapped by the remote, made current."""
-        with self._locked():
+        with exclusive_lock(self.path):
             contents = self._read()
             if len(contents.entries) >= MAX_VERSIONS:
                 raise ConfigError(f"vault key file {self.path} already holds {MAX_VERSIONS} versions")
@@ -226,7 +210,7 @@ class WrappedKeyRing:
     async def rewrap_root(self) -> int:
         """Re-wrap every version under the root key's newest version (after rotating it in OpenBao or KMS),
         so older root versions can be retired (Transit ``min_decryption_version``). Returns the count."""
-        with self._locked():
+        with exclusive_lock(self.path):
             contents = self._read()
             entries = [_Entry(e.id, await self.wrapper.rewrap(e.wrapped, e.id), e.created_at) for e in contents.entries]
             write_atomic(self.path, _render(_File(contents.backend, contents.current, tuple(entries))))
@@ -262,18 +246,3 @@ class WrappedKeyRing:
                 "the gateway is configured with another root key"
             )
         return contents
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = self.path.with_name(self.path.name + ".lock")
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(lock, flags, PRIVATE_MODE)
-        except OSError as exc:
-            raise ConfigError(f"cannot open lock file {lock}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
