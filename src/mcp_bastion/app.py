@@ -44,7 +44,7 @@ from mcp_bastion.policy.authorizer import Authorizer, ScopeGrants
 from mcp_bastion.policy.catalog import ToolCatalog
 from mcp_bastion.policy.ratelimit import Buckets, MemoryBuckets, Rate, RedisBuckets
 from mcp_bastion.policy.store import PolicyStore
-from mcp_bastion.secrets import resolve_reference
+from mcp_bastion.secrets import KVReader, kv_reader, resolve_reference
 from mcp_bastion.sessions import SessionStore
 from mcp_bastion.settings import RateLimitSettings, Settings, UpstreamSettings
 from mcp_bastion.tls.context import upstream_context
@@ -145,6 +145,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     base = server.base_url
     resources = {name: f"{base}/mcp/{name}" for name in settings.upstreams}
+    kv = kv_reader(settings)  # vault: references: one reader for the whole startup (each secret read once)
 
     audit_sink = audit if audit is not None else build_audit(settings, state_dir)
     policy = settings.policy
@@ -164,6 +165,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             resources,
             secure=not server.allow_insecure_http,
             scope_policy=ScopeGrants(policy_store, base),
+            kv=kv,
         )
         local_issuer = authorization.keys
         trusted.append(TrustedIssuer(local_issuer.issuer, authorization.keys.key_source))
@@ -192,13 +194,15 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
 
     limits = settings.limits
     credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
-    upstreams = {name: build_upstream(name, up, settings, credentials) for name, up in settings.upstreams.items()}
+    upstreams = {
+        name: build_upstream(name, up, settings, credentials, kv=kv) for name, up in settings.upstreams.items()
+    }
     sessions = SessionStore(
         max_per_principal=limits.max_sessions_per_principal, idle_seconds=limits.session_idle_seconds
     )
     client_auth = settings.tls.client_auth
     rates = Rates.from_settings(policy.rate_limits)
-    buckets = build_buckets(policy.rate_limits)
+    buckets = build_buckets(policy.rate_limits, kv=kv)
 
     stages: dict[type, Stage | ResponseStage] = {
         Transport: Transport(
@@ -263,7 +267,9 @@ def allowed_methods(upstream: UpstreamSettings) -> frozenset[str]:
     return (DEFAULT_CLIENT_METHODS | frozenset(upstream.allow_methods)) - frozenset(upstream.deny_methods)
 
 
-def upstream_auth(name: str, settings: UpstreamSettings, credentials: CredentialStore | None) -> UpstreamAuth:
+def upstream_auth(
+    name: str, settings: UpstreamSettings, credentials: CredentialStore | None, *, kv: KVReader | None = None
+) -> UpstreamAuth:
     """``upstreams.<name>.auth``: what each request to the upstream carries for its user."""
     auth = settings.auth
     if auth.mode == "none":
@@ -276,14 +282,15 @@ def upstream_auth(name: str, settings: UpstreamSettings, credentials: Credential
         return TokenExchange(
             token_endpoint=endpoint,
             client_id=client_id,
-            client_secret=resolve_reference(secret, f"upstreams.{name}.auth.client_secret"),
+            client_secret=resolve_reference(secret, f"upstreams.{name}.auth.client_secret", kv=kv),
             audience=auth.audience or settings.url,
             scopes=auth.scopes,
             ca_bundle=auth.ca_bundle,
             allow_insecure_http=auth.allow_insecure_http,
         )
     if auth.shared_service_account is not None:
-        secret = resolve_reference(auth.shared_service_account, f"upstreams.{name}.auth.shared_service_account")
+        setting = f"upstreams.{name}.auth.shared_service_account"
+        secret = resolve_reference(auth.shared_service_account, setting, kv=kv)
         return SharedServiceAccount(secret, header=auth.header, scheme=auth.scheme)
     if credentials is None:
         raise ConfigError(f"upstreams.{name}.auth: per-user credentials live in the database (oauth.enabled)")
@@ -291,10 +298,15 @@ def upstream_auth(name: str, settings: UpstreamSettings, credentials: Credential
 
 
 def build_upstream(
-    name: str, settings: UpstreamSettings, root: Settings, credentials: CredentialStore | None = None
+    name: str,
+    settings: UpstreamSettings,
+    root: Settings,
+    credentials: CredentialStore | None = None,
+    *,
+    kv: KVReader | None = None,
 ) -> Upstream:
     limits = root.limits
-    auth = upstream_auth(name, settings, credentials)
+    auth = upstream_auth(name, settings, credentials, kv=kv)
     if settings.url is not None:
         context = None
         if settings.url.startswith("https:"):
@@ -346,11 +358,11 @@ class Rates:
         )
 
 
-def build_buckets(limits: RateLimitSettings) -> Buckets:
+def build_buckets(limits: RateLimitSettings, *, kv: KVReader | None = None) -> Buckets:
     if limits.redis_url is None:
         return MemoryBuckets()
     password = limits.redis_password
-    secret = resolve_reference(password, "policy.rate_limits.redis_password") if password is not None else None
+    secret = resolve_reference(password, "policy.rate_limits.redis_password", kv=kv) if password is not None else None
     return RedisBuckets(limits.redis_url, password=secret)
 
 

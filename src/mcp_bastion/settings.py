@@ -442,8 +442,10 @@ class Settings(_Model):
                     "credential (no per-user accountability upstream)"
                 )
         vault = self.vault
-        if vault.backend == "openbao" and vault.openbao is not None and vault.openbao.allow_insecure_http:
-            found.append("vault.openbao.allow_insecure_http = true: the vault's root key is reached over plain http")
+        if vault.openbao is not None and vault.openbao.allow_insecure_http:
+            found.append(
+                "vault.openbao.allow_insecure_http = true: OpenBao (root key, vault: references) over plain http"
+            )
         if vault.backend == "aws-kms" and vault.aws_kms is not None and vault.aws_kms.allow_insecure_http:
             found.append("vault.aws_kms.allow_insecure_http = true: KMS is reached over plain http")
         if self.oauth.allow_private_metadata_hosts:

@@ -41,7 +41,7 @@ from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.signingkeys import SigningKeyRing
 from mcp_bastion.oauth.store import OAuthStore
 from mcp_bastion.privatefile import read_private, write_atomic
-from mcp_bastion.secrets import resolve_reference
+from mcp_bastion.secrets import KVReader, kv_reader, resolve_reference
 from mcp_bastion.settings import OIDCProviderSettings, Settings
 from mcp_bastion.storage.db import Database, default_url
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
@@ -174,12 +174,13 @@ async def load_kek(vault: Vault) -> None:
         await kek.load()
 
 
-def kek_backend(settings: Settings) -> LocalKeyFile | WrappedKeyRing:
+def kek_backend(settings: Settings, *, kv: KVReader | None = None) -> LocalKeyFile | WrappedKeyRing:
     """``vault.backend``: the local KEK file (created 0600 on first use), or a ring of KEKs wrapped by
     OpenBao/Vault Transit or AWS KMS. The remote clients are imported only when configured (boto3 alone
     costs half a second at startup)."""
     config = settings.vault
     state_dir = settings.server.state_dir
+    kv = kv if kv is not None else kv_reader(settings)  # for AWS credentials (the OpenBao token cannot be vault:)
     if config.backend == "file":
         return LocalKeyFile(state_dir / DEFAULT_FILENAME)
     wrapper: KeyWrapper
@@ -209,9 +210,9 @@ def kek_backend(settings: Settings) -> LocalKeyFile | WrappedKeyRing:
             key_id=kms.key_id,
             region=kms.region,
             endpoint_url=kms.endpoint_url,
-            access_key_id=_secret(kms.access_key_id, "vault.aws_kms.access_key_id"),
-            secret_access_key=_secret(kms.secret_access_key, "vault.aws_kms.secret_access_key"),
-            session_token=_secret(kms.session_token, "vault.aws_kms.session_token"),
+            access_key_id=_secret(kms.access_key_id, "vault.aws_kms.access_key_id", kv),
+            secret_access_key=_secret(kms.secret_access_key, "vault.aws_kms.secret_access_key", kv),
+            session_token=_secret(kms.session_token, "vault.aws_kms.session_token", kv),
             timeout=kms.timeout,
             allow_insecure_http=kms.allow_insecure_http,
         )
@@ -223,8 +224,8 @@ def kek_backend(settings: Settings) -> LocalKeyFile | WrappedKeyRing:
     )
 
 
-def _secret(reference: str | None, setting: str) -> str | None:
-    return resolve_reference(reference, setting) if reference is not None else None
+def _secret(reference: str | None, setting: str, kv: KVReader | None = None) -> str | None:
+    return resolve_reference(reference, setting, kv=kv) if reference is not None else None
 
 
 def key_ring(db: Database, vault: Vault, settings: Settings) -> SigningKeyRing:
@@ -267,13 +268,19 @@ async def mint_token(
 
 
 def build_authorization(
-    settings: Settings, resources: Mapping[str, str], *, secure: bool, scope_policy: ScopePolicy = allow_all
+    settings: Settings,
+    resources: Mapping[str, str],
+    *,
+    secure: bool,
+    scope_policy: ScopePolicy = allow_all,
+    kv: KVReader | None = None,
 ) -> Authorization:
     """``resources`` maps each endpoint name to its resource URL; the scopes come from the upstream settings.
     Call ``startup()`` before serving: the signing keys are read from the database there."""
     oauth = settings.oauth
+    kv = kv if kv is not None else kv_reader(settings)  # vault: references (see mcp_bastion.secrets)
     db = Database(default_url(settings))
-    kek = kek_backend(settings)
+    kek = kek_backend(settings, kv=kv)
     vault = Vault(kek)
     signer = key_ring(db, vault, settings)
     revocation = RevocationCache()
@@ -286,7 +293,9 @@ def build_authorization(
             known_scopes=frozenset(scope for scopes in offered.values() for scope in scopes),
         )
     tokens = (
-        (resolve_reference(oauth.registration_token, "oauth.registration_token"),) if oauth.registration_token else ()
+        (resolve_reference(oauth.registration_token, "oauth.registration_token", kv=kv),)
+        if oauth.registration_token
+        else ()
     )
     server = AuthorizationServer(
         issuer=signer.issuer,
@@ -310,7 +319,7 @@ def build_authorization(
     )
     users = SQLUserDirectory(db)
     federation = {
-        entry.name: FederatedLogin(oidc_provider(entry, settings.server.base_url)) for entry in oauth.federation
+        entry.name: FederatedLogin(oidc_provider(entry, settings.server.base_url, kv=kv)) for entry in oauth.federation
     }
     routes = [
         *oauth_routes(server),
@@ -329,7 +338,7 @@ def build_authorization(
     return Authorization(db, kek, vault, signer, server, users, app, documents, revocation, federation)
 
 
-def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:
+def oidc_provider(entry: OIDCProviderSettings, base_url: str, *, kv: KVReader | None = None) -> OIDCProvider:
     """The relying-party settings of one ``[[oauth.federation]]`` entry; our redirect URI is derived from the
     public URL, one per IdP (which helps against mix-up: a response can only come back where it belongs)."""
     setting = f"oauth.federation[{entry.name}]"
@@ -340,7 +349,7 @@ def oidc_provider(entry: OIDCProviderSettings, base_url: str) -> OIDCProvider:
             issuer=entry.issuer,
             client_id=entry.client_id,
             redirect_uri=base_url + callback_path(entry.name),
-            client_secret=resolve_reference(secret, f"{setting}.client_secret") if secret is not None else None,
+            client_secret=_secret(secret, f"{setting}.client_secret", kv),
             display_name=entry.display_name,
             scopes=entry.scopes,
             username_claims=entry.username_claims,
