@@ -17,9 +17,11 @@ from pathlib import Path
 
 from mcp_bastion.asgi.app import BastionApp, json_document
 from mcp_bastion.asgi.mcp import MCPEndpoint
+from mcp_bastion.asgi.pages.upstreamlink import link_routes
 from mcp_bastion.audit.record import connection_record
 from mcp_bastion.audit.sink import AuditSink, FileSink, StreamSink
 from mcp_bastion.delegation.exchange import TokenExchange
+from mcp_bastion.delegation.oauthlink import LinkRegistry, UpstreamOAuth
 from mcp_bastion.delegation.static import NoAuth, PerUserSecret, SharedServiceAccount, UpstreamAuth
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
@@ -52,7 +54,7 @@ from mcp_bastion.tls.peercert import peer_identity
 from mcp_bastion.upstream.base import Upstream
 from mcp_bastion.upstream.http import HTTPUpstream
 from mcp_bastion.upstream.stdio import StdioUpstream
-from mcp_bastion.web import Authorization, build_authorization
+from mcp_bastion.web import Authorization, build_authorization, page_key
 
 log = logging.getLogger("mcp_bastion")
 
@@ -194,8 +196,10 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
 
     limits = settings.limits
     credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
+    linked = oauth_upstreams(settings, authorization, credentials, kv=kv)
     upstreams = {
-        name: build_upstream(name, up, settings, credentials, kv=kv) for name, up in settings.upstreams.items()
+        name: build_upstream(name, up, settings, credentials, kv=kv, auth=linked.get(name))
+        for name, up in settings.upstreams.items()
     }
     sessions = SessionStore(
         max_per_principal=limits.max_sessions_per_principal, idle_seconds=limits.session_idle_seconds
@@ -274,6 +278,8 @@ def upstream_auth(
     auth = settings.auth
     if auth.mode == "none":
         return NoAuth()
+    if auth.mode == "oauth":
+        raise ConfigError(f"upstreams.{name}.auth: oauth is built with its pages (oauth_upstreams)")
     if settings.url is None:
         raise ConfigError(f"upstreams.{name}.auth: credentials for stdio servers are not supported yet (use env)")
     if auth.mode == "token_exchange":
@@ -297,6 +303,49 @@ def upstream_auth(
     return PerUserSecret(credentials, name, header=auth.header, scheme=auth.scheme)
 
 
+def oauth_upstreams(
+    settings: Settings,
+    authorization: Authorization | None,
+    credentials: CredentialStore | None,
+    *,
+    kv: KVReader | None = None,
+) -> dict[str, UpstreamOAuth]:
+    """The upstreams with ``auth.mode = "oauth"``, and their link pages added to the web side."""
+    links = LinkRegistry()
+    linked: dict[str, UpstreamOAuth] = {}
+    for name, upstream in settings.upstreams.items():
+        auth = upstream.auth
+        if auth.mode != "oauth":
+            continue
+        if authorization is None or credentials is None or upstream.url is None:
+            raise ConfigError(f"upstreams.{name}.auth: oauth needs an http upstream and oauth.enabled (its pages)")
+        secret = auth.client_secret
+        linked[name] = UpstreamOAuth(
+            upstream=name,
+            issuer=auth.issuer or "",
+            client_id=auth.client_id or "",
+            client_secret=resolve_reference(secret, f"upstreams.{name}.auth.client_secret", kv=kv) if secret else None,
+            scopes=auth.scopes,
+            resource=auth.resource,
+            gateway_base=settings.server.base_url,
+            store=credentials,
+            links=links,
+            ca_bundle=auth.ca_bundle,
+            allow_insecure_http=auth.allow_insecure_http,
+        )
+    if linked:
+        assert authorization is not None
+        routes = link_routes(
+            linked,
+            links,
+            authorization.users,
+            issuer=settings.server.base_url,
+            key=page_key(settings.server.state_dir),
+        )
+        authorization.app.router.routes.extend(routes)
+    return linked
+
+
 def build_upstream(
     name: str,
     settings: UpstreamSettings,
@@ -304,9 +353,11 @@ def build_upstream(
     credentials: CredentialStore | None = None,
     *,
     kv: KVReader | None = None,
+    auth: UpstreamAuth | None = None,
 ) -> Upstream:
     limits = root.limits
-    auth = upstream_auth(name, settings, credentials, kv=kv)
+    if auth is None:
+        auth = upstream_auth(name, settings, credentials, kv=kv)
     if settings.url is not None:
         context = None
         if settings.url.startswith("https:"):

@@ -15,7 +15,8 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── Forbidden           the caller is known but may not do this
     │   │   ├── PolicyDenied    no policy permits it, or one forbids it (JSON-RPC error, HTTP 200)
     │   │   ├── InsufficientScope  the token lacks a scope the call needs: 403 + WWW-Authenticate
-    │   │   └── CredentialMissing  the user has no credential of their own for this upstream
+    │   │   ├── CredentialMissing  the user has no credential of their own for this upstream
+    │   │   └── UpstreamAuthorizationRequired  MCP -32042: the user must link the upstream once (a URL)
     │   ├── SessionRejected     unknown, expired or foreign Mcp-Session-Id (all look alike: 404)
     │   ├── MalformedRequest    JSON-RPC -32600
     │   │   └── ParseFailed     JSON-RPC -32700
@@ -39,7 +40,10 @@ Rendering happens in one place (``mcp_bastion.asgi.render``).
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
+
+if TYPE_CHECKING:
+    from mcp_bastion.jsonrpc.message import JSONValue
 
 # JSON-RPC 2.0 §5.1 codes, and the implementation-defined range we use for gateway refusals.
 PARSE_ERROR: Final = -32700
@@ -72,6 +76,10 @@ class BastionError(Exception):
     def public_reason(self) -> str:
         """The reason code shown to the client (the audit record always has the precise ``reason``)."""
         return self.reason
+
+    def public_data(self) -> dict[str, JSONValue]:
+        """More the client may see in the JSON-RPC error's ``data`` (besides ``reason``); usually nothing."""
+        return {}
 
 
 class ConfigError(BastionError):
@@ -156,6 +164,43 @@ class CredentialMissing(Forbidden):
     reason = "upstream_credential_missing"
     http_status = 200
     public_message = "no credential for this server: ask an administrator to set one"
+
+
+URL_ELICITATION_REQUIRED: Final = -32042
+"""MCP 2025-11-25: the request needs the user to visit a URL first (URL-mode elicitation)."""
+
+
+class UpstreamAuthorizationRequired(Forbidden):
+    """The user has not linked this upstream yet (``delegation.oauthlink``): MCP's URL elicitation error,
+    whose data carries the gateway URL where they sign in once."""
+
+    reason = "upstream_authorization_required"
+    http_status = 200
+    jsonrpc_code = URL_ELICITATION_REQUIRED
+    public_message = "this server needs you to sign in to it once"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        reason: str | None = None,
+        url: str = "",
+        elicitation_id: str = "",
+        message: str = "",
+    ) -> None:
+        super().__init__(detail, reason=reason)
+        self.url = url
+        self.elicitation_id = elicitation_id
+        self.message = message
+
+    def public_data(self) -> dict[str, JSONValue]:
+        elicitation: dict[str, JSONValue] = {
+            "mode": "url",
+            "elicitationId": self.elicitation_id,
+            "url": self.url,
+            "message": self.message,
+        }
+        return {"elicitations": [elicitation]}
 
 
 class SessionRejected(Rejected):

@@ -292,10 +292,12 @@ class PolicySettings(_Model):
 class UpstreamAuthSettings(_Model):
     """How the gateway authenticates to an upstream on behalf of the user (never with the user's token)."""
 
-    mode: Literal["none", "static", "token_exchange"] = "none"
+    mode: Literal["none", "static", "token_exchange", "oauth"] = "none"
     """``static``: each user's own secret from the vault (``mcp-bastion credentials set``), or the
     ``shared_service_account`` when one is named. ``token_exchange``: RFC 8693 — the user's token traded at
-    ``token_endpoint`` for one with the upstream as audience and the narrowest scopes."""
+    ``token_endpoint`` for one with the upstream as audience and the narrowest scopes. ``oauth``: the gateway
+    is an OAuth client of the upstream's authorization server (``issuer``); each user links their account
+    once through a URL the gateway gives their client (MCP URL elicitation)."""
     header: str = Field("authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
     scheme: str = Field("Bearer", pattern=r"^[A-Za-z0-9._~+/-]{0,32}$")
     """Put before the secret (``Bearer <secret>``); empty for a bare API key header."""
@@ -304,6 +306,10 @@ class UpstreamAuthSettings(_Model):
     token_endpoint: str | None = None
     """token_exchange: the upstream's authorization server's token endpoint (https; http only on loopback
     with ``allow_insecure_http``)."""
+    issuer: str | None = None
+    """oauth: the upstream's authorization server (its RFC 8414 / OIDC metadata is read from there)."""
+    resource: str | None = None
+    """oauth: the RFC 8707 ``resource`` to ask for (none when absent: not every server supports it)."""
     client_id: str | None = None
     client_secret: str | None = None
     """A secret reference (the gateway is a confidential client of that authorization server)."""
@@ -320,6 +326,8 @@ class UpstreamAuthSettings(_Model):
             raise ValueError("shared_service_account needs mode = 'static'")
         if self.mode == "token_exchange" and not (self.token_endpoint and self.client_id and self.client_secret):
             raise ValueError("token_exchange needs token_endpoint, client_id and client_secret")
+        if self.mode == "oauth" and not (self.issuer and self.client_id):
+            raise ValueError("oauth needs issuer and client_id (client_secret for a confidential client)")
         if self.header.lower() in ("cookie", "host", "content-length", "transfer-encoding", "mcp-session-id"):
             raise ValueError(f"header {self.header!r} cannot carry a credential")
         return self

@@ -329,7 +329,7 @@ def build_authorization(
             issuer=signer.issuer,
             secure_cookies=secure,
             login_limiter=_Limiter(LoginRateLimiter()),
-            session_key=_page_key(settings.server.state_dir),
+            session_key=page_key(settings.server.state_dir),
             federation=federation,
         ),
     ]
@@ -364,7 +364,7 @@ def oidc_provider(entry: OIDCProviderSettings, base_url: str, *, kv: KVReader | 
         raise ConfigError(f"{setting}: {exc.detail}") from exc
 
 
-def _page_key(state_dir: Path) -> bytes:
+def page_key(state_dir: Path) -> bytes:
     """The key signing the pages' cookies and forms: kept in the state directory so a restart (or another
     replica sharing it) keeps logins in progress valid."""
     path = state_dir / PAGE_KEY_FILE

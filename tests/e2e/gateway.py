@@ -61,13 +61,14 @@ async def running_gateway(
     upstreams: Mapping[str, Mapping[str, object]] | Callable[[str], Mapping[str, Mapping[str, object]]],
     *,
     extra_origins: Callable[[int], list[str]] | None = None,
+    port: int = 0,
     **sections: Mapping[str, object],
 ) -> AsyncIterator[RunningGateway]:
     """A gateway on a fresh loopback port; ``extra_origins(port)`` adds allowed Origins that name the port;
     ``upstreams`` may be a function of the gateway's base URL (for settings that point back at it)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server_section = {
         "host": "127.0.0.1",

@@ -39,7 +39,11 @@ REDIRECT_URI: Final = "http://127.0.0.1:9/login/federated/callback"
 
 @asynccontextmanager
 async def running_provider(
-    *, client_secret: str | None = CLIENT_SECRET, alg: str = "ES256", claims_in_id_token: bool = False
+    *,
+    client_secret: str | None = CLIENT_SECRET,
+    alg: str = "ES256",
+    claims_in_id_token: bool = False,
+    redirect_uri: str | None = None,
 ) -> AsyncIterator[str]:
     """Start the provider on a free loopback port; yield its issuer URL."""
     node = shutil.which("node")
@@ -49,7 +53,8 @@ async def running_provider(
         **os.environ,
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": client_secret or "",
-        "OIDC_REDIRECT_URIS": REDIRECT_URI,
+        # Read at call time: tests point the module's REDIRECT_URI at their gateway (monkeypatch).
+        "OIDC_REDIRECT_URIS": redirect_uri or REDIRECT_URI,
         "OIDC_ID_TOKEN_ALG": alg,
         "OIDC_CLAIMS_IN_ID_TOKEN": "1" if claims_in_id_token else "0",
     }
@@ -83,7 +88,7 @@ class Form:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-class _Page(HTMLParser):
+class Page(HTMLParser):
     """The first form on a page (its action and inputs) and every link."""
 
     def __init__(self) -> None:
@@ -129,7 +134,7 @@ async def browse_to_callback(
                 response = await browser.get(urljoin(str(response.url), response.headers["location"]))
                 continue
             assert response.status_code == 200, (response.status_code, response.text[:500])
-            page = _Page()
+            page = Page()
             page.feed(response.text)
             if abort:
                 link = next(link for link in page.links if link.endswith("/abort"))

@@ -17,7 +17,9 @@ JSON_HEADERS: Headers = [(b"content-type", b"application/json"), (b"cache-contro
 
 
 def error_body(error: BastionError, msg_id: RequestId | None) -> bytes:
-    return error_response(msg_id, error.jsonrpc_code, error.public_message, {"reason": error.public_reason})
+    return error_response(
+        msg_id, error.jsonrpc_code, error.public_message, {**error.public_data(), "reason": error.public_reason}
+    )
 
 
 def error_headers(error: BastionError, *, resource_metadata_url: str | None) -> Headers:

@@ -1,0 +1,371 @@
+"""``upstreams.<name>.auth`` with ``mode = "oauth"``: the gateway is an OAuth client of the upstream's own
+authorization server, and each user links their upstream account once.
+
+The first call of a user without tokens is refused with MCP's URL elicitation error (-32042) carrying a
+link to the gateway (``/upstream-auth/link/<id>``). There the user signs in *as the gateway user the link
+was made for* (the account-linking defence: a link mailed to someone else is useless to them), the
+browser gets a cookie bound to this link, and is sent to the upstream's authorization endpoint (code +
+PKCE S256, ``state``). The callback only completes in the browser holding that cookie, so an attacker
+cannot make a victim's browser finish the attacker's flow and link the victim's upstream account to the
+attacker. The tokens are sealed by the vault per (upstream, user), refreshed when they expire, and the
+user is sent through consent again when refreshing fails.
+
+RFC 6749 §4.1 and §6, RFC 7636 (S256), RFC 8414 / OIDC Discovery (the AS metadata, issuer checked),
+RFC 9207 (``iss`` in the callback checked when present), RFC 8707 (``resource``, when configured).
+
+Invariants:
+- a pending link is single-use, expires after ``LINK_SECONDS``, and belongs to one principal and upstream;
+- tokens never leave the gateway except to the upstream (as Bearer) and the refresh token to the AS;
+- failures of the AS are ``Unavailable`` (5xx, unreachable) or a fresh consent (4xx on refresh).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, final
+from urllib.parse import quote_plus, urlencode, urlsplit
+
+import aiohttp
+import orjson
+
+from mcp_bastion.delegation.static import Header
+from mcp_bastion.delegation.store import CredentialStore
+from mcp_bastion.errors import ConfigError, Unavailable, UpstreamAuthorizationRequired
+from mcp_bastion.exchange import Principal
+from mcp_bastion.vault.envelope import InvalidCiphertext
+
+LINK_SECONDS: Final = 600.0
+MAX_LINKS: Final = 10_000
+EARLY_SECONDS: Final = 30.0
+MAX_ANSWER_BYTES: Final = 256 * 1024
+TIMEOUT_SECONDS: Final = 10.0
+CALLBACK_PATH: Final = "/upstream-auth/callback"
+LINK_PATH: Final = "/upstream-auth/link/"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLink:
+    id: str
+    upstream: str
+    principal: Principal
+    state: str
+    verifier: str
+    created: float
+    started: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEndpoints:
+    authorization: str
+    token: str
+    issuer: str
+
+
+def _check_url(url: str, allow_insecure_http: bool, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname and parts.username is None:
+        return url
+    if parts.scheme == "http" and allow_insecure_http and parts.hostname:
+        try:
+            if ipaddress.ip_address(parts.hostname).is_loopback:
+                return url
+        except ValueError:
+            pass
+    raise ConfigError(f"{what} {url!r}: must be https (plain http only to a loopback IP when allowed)")
+
+
+@final
+class LinkRegistry:
+    """Pending links in memory (one process; a replica set needs them shared: see the issue note)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._links: OrderedDict[str, PendingLink] = OrderedDict()
+        self._by_state: dict[str, str] = {}
+        self._clock = clock
+
+    def create(self, upstream: str, principal: Principal) -> PendingLink:
+        self._expire()
+        link = PendingLink(
+            id=secrets.token_urlsafe(24),
+            upstream=upstream,
+            principal=principal,
+            state=secrets.token_urlsafe(24),
+            verifier=secrets.token_urlsafe(48),
+            created=self._clock(),
+        )
+        self._links[link.id] = link
+        self._by_state[link.state] = link.id
+        while len(self._links) > MAX_LINKS:
+            _, old = self._links.popitem(last=False)
+            self._by_state.pop(old.state, None)
+        return link
+
+    def get(self, link_id: str) -> PendingLink | None:
+        self._expire()
+        return self._links.get(link_id)
+
+    def mark_started(self, link: PendingLink) -> PendingLink:
+        """The user signed in for ``link``: from now on only its callback can use it."""
+        started = _started(link)
+        self._links[link.id] = started
+        return started
+
+    def take_by_state(self, state: str) -> PendingLink | None:
+        """The started link with this ``state``, removed (single use)."""
+        self._expire()
+        link_id = self._by_state.pop(state, None)
+        link = self._links.pop(link_id, None) if link_id is not None else None
+        return link if link is not None and link.started else None
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._links:
+            first = next(iter(self._links.values()))
+            if now - first.created < LINK_SECONDS:
+                return
+            self._links.popitem(last=False)
+            self._by_state.pop(first.state, None)
+
+
+def _started(link: PendingLink) -> PendingLink:
+    return PendingLink(link.id, link.upstream, link.principal, link.state, link.verifier, link.created, True)
+
+
+def link_cookie_value(key: bytes, link: PendingLink) -> str:
+    """What the browser that signed in for ``link`` carries to the callback (HMAC of the link's state)."""
+    return hmac.new(key, b"upstream-link\x00" + link.state.encode(), hashlib.sha256).hexdigest()
+
+
+@final
+class UpstreamOAuth:
+    """``delegation.static.UpstreamAuth`` for one upstream, plus what the link pages need."""
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        issuer: str,
+        client_id: str,
+        client_secret: str | None,
+        scopes: tuple[str, ...],
+        resource: str | None,
+        gateway_base: str,
+        store: CredentialStore,
+        links: LinkRegistry,
+        ca_bundle: Path | None = None,
+        allow_insecure_http: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.upstream = upstream
+        self.issuer = _check_url(issuer, allow_insecure_http, f"upstreams.{upstream}.auth.issuer").rstrip("/")
+        self._allow_http = allow_insecure_http
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._scopes = " ".join(scopes)
+        self._resource = resource
+        self.redirect_uri = gateway_base + CALLBACK_PATH
+        self._gateway_base = gateway_base
+        self._store = store
+        self.links = links
+        self._ssl = ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle is not None else None
+        self._clock = clock
+        self._endpoints: ServerEndpoints | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"UpstreamOAuth({self.upstream!r}, issuer={self.issuer!r})"
+
+    # -- UpstreamAuth -----------------------------------------------------------------------------------
+
+    async def headers(self, principal: Principal) -> list[Header]:
+        tokens = await self._tokens(principal)
+        if tokens is None:
+            raise self._consent(principal, "no tokens yet")
+        access, refresh, expires_at = tokens
+        if expires_at - EARLY_SECONDS > self._clock():
+            return [(b"authorization", b"Bearer " + access.encode("ascii"))]
+        if refresh:
+            renewed = await self._refresh(principal, refresh)
+            if renewed is not None:
+                return [(b"authorization", b"Bearer " + renewed.encode("ascii"))]
+        raise self._consent(principal, "tokens expired")
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- the link flow (pages) --------------------------------------------------------------------------
+
+    async def authorization_url(self, link: PendingLink) -> str:
+        endpoints = await self._discover()
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(link.verifier.encode()).digest()).rstrip(b"=").decode()
+        query = {
+            "response_type": "code",
+            "client_id": self._client_id,
+            "redirect_uri": self.redirect_uri,
+            "state": link.state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        if self._scopes:
+            query["scope"] = self._scopes
+        if self._resource:
+            query["resource"] = self._resource
+        separator = "&" if urlsplit(endpoints.authorization).query else "?"
+        return endpoints.authorization + separator + urlencode(query)
+
+    async def complete(self, link: PendingLink, code: str, iss: str | None) -> None:
+        """Redeem the code for ``link``'s user and store the tokens; ``Unavailable`` or ``ValueError``."""
+        endpoints = await self._discover()
+        if iss is not None and iss.rstrip("/") != endpoints.issuer.rstrip("/"):
+            raise ValueError("the answer names another issuer (RFC 9207)")
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.redirect_uri,
+            "code_verifier": link.verifier,
+        }
+        if self._resource:
+            form["resource"] = self._resource
+        answer = await self._token_request(form)
+        if answer is None:
+            raise ValueError("the authorization server refused the code")
+        await self._save(link.principal, answer, None)
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _consent(self, principal: Principal, why: str) -> UpstreamAuthorizationRequired:
+        link = self.links.create(self.upstream, principal)
+        url = self._gateway_base + LINK_PATH + link.id
+        message = f"Sign in to {self.upstream} once to let the gateway call it for you."
+        return UpstreamAuthorizationRequired(
+            f"{self.upstream}: {why}", url=url, elicitation_id=link.id, message=message
+        )
+
+    async def _tokens(self, principal: Principal) -> tuple[str, str | None, float] | None:
+        try:
+            raw = await self._store.secret_for(self.upstream, principal.key)
+        except InvalidCiphertext:
+            return None  # moved or tampered: treated as none, consent again
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+            access, refresh, expires_at = data["access_token"], data.get("refresh_token"), data["expires_at"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(access, str) or not isinstance(expires_at, int | float):
+            return None
+        return access, refresh if isinstance(refresh, str) else None, float(expires_at)
+
+    async def _refresh(self, principal: Principal, refresh: str) -> str | None:
+        answer = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh})
+        if answer is None:
+            return None
+        return await self._save(principal, answer, refresh)
+
+    async def _save(self, principal: Principal, answer: Mapping[str, object], old_refresh: str | None) -> str:
+        access = answer.get("access_token")
+        if not isinstance(access, str) or not access.isascii() or not access.isprintable():
+            raise Unavailable(f"{self.upstream}: the authorization server gave no usable access_token")
+        expires_in = answer.get("expires_in")
+        lifetime = (
+            float(expires_in) if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) else 300.0
+        )
+        refresh = answer.get("refresh_token")
+        record = {
+            "access_token": access,
+            "refresh_token": refresh if isinstance(refresh, str) else old_refresh,  # RFC 6749 §6: may be kept
+            "expires_at": self._clock() + lifetime,
+        }
+        await self._store.put(self.upstream, principal.key, orjson.dumps(record))
+        return access
+
+    async def _token_request(self, form: dict[str, str]) -> dict[str, object] | None:
+        """The token endpoint's JSON answer; None when it refuses (4xx); ``Unavailable`` otherwise."""
+        endpoints = await self._discover()
+        headers = {"Accept": "application/json"}
+        if self._client_secret is not None:
+            pair = f"{quote_plus(self._client_id)}:{quote_plus(self._client_secret)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        else:
+            form = {**form, "client_id": self._client_id}
+        status, body = await self._post(endpoints.token, form, headers)
+        if 400 <= status < 500:
+            return None
+        answer = _json(body)
+        if status != 200 or not isinstance(answer, dict):
+            raise Unavailable(f"{self.upstream}: token endpoint answered HTTP {status}")
+        return answer
+
+    async def _discover(self) -> ServerEndpoints:
+        if self._endpoints is not None:
+            return self._endpoints
+        for suffix in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+            status, body = await self._get(self.issuer + suffix)
+            document = _json(body) if status == 200 else None
+            if isinstance(document, dict):
+                issuer, authorization, token = (
+                    document.get("issuer"),
+                    document.get("authorization_endpoint"),
+                    document.get("token_endpoint"),
+                )
+                if not isinstance(issuer, str) or issuer.rstrip("/") != self.issuer:
+                    raise Unavailable(f"{self.upstream}: metadata names issuer {issuer!r}, expected {self.issuer!r}")
+                if not isinstance(authorization, str) or not isinstance(token, str):
+                    raise Unavailable(f"{self.upstream}: metadata without authorization and token endpoints")
+                what = f"upstreams.{self.upstream}.auth"
+                self._endpoints = ServerEndpoints(
+                    _check_url(authorization, self._allow_http, what), _check_url(token, self._allow_http, what), issuer
+                )
+                return self._endpoints
+        raise Unavailable(f"{self.upstream}: no authorization server metadata at {self.issuer}")
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=16)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS), trust_env=False
+            )
+        return self._session
+
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        failure = None
+        try:
+            async with self._client().get(url, allow_redirects=False) as response:
+                return response.status, await response.content.read(MAX_ANSWER_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = type(exc).__name__
+        raise Unavailable(f"{self.upstream}: {url}: {failure}")
+
+    async def _post(self, url: str, form: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, bytes]:
+        failure = None
+        try:
+            async with self._client().post(
+                url, data=dict(form), headers=dict(headers), allow_redirects=False
+            ) as response:
+                return response.status, await response.content.read(MAX_ANSWER_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = type(exc).__name__
+        # Raised outside the except: nothing chains to the request, which holds the code or refresh token.
+        raise Unavailable(f"{self.upstream}: token endpoint: {failure}")
+
+
+def _json(body: bytes) -> object:
+    if len(body) > MAX_ANSWER_BYTES:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
