@@ -142,7 +142,10 @@ def test_disable_ends_the_users_grants_and_enable_lets_them_back(tmp_path: Path)
             )
 
     on_database(tmp_path, grant)
-    assert users(tmp_path, "disable", "alice") == (0, "disabled alice; ended 1 grant(s)\n")
+    assert users(tmp_path, "disable", "alice") == (
+        0,
+        "disabled alice; ended 1 grant(s); deleted 0 upstream credential(s)\n",
+    )
     assert login(tmp_path, "alice", PASSWORD) is None
 
     async def families(db: Database) -> list[str | None]:

@@ -153,6 +153,11 @@ def test_the_cli_stores_a_credential_from_standard_input(tmp_path: Path) -> None
     assert missing.exit_code == 1
     removed = runner.invoke(app, ["credentials", "remove", "crm", "--user", "alice", "-c", str(path)])
     assert removed.exit_code == 0, removed.output
+    # Disabling a user deletes their upstream credentials with their grants.
+    runner.invoke(app, ["credentials", "set", "crm", "--user", "alice", "-c", str(path)], input="again\n")
+    disabled = runner.invoke(app, ["users", "disable", "alice", "-c", str(path)])
+    assert "deleted 1 upstream credential(s)" in disabled.output, disabled.output
+    assert "crm" not in runner.invoke(app, ["credentials", "list", "-c", str(path)]).output
 
 
 # -- RFC 8693 token exchange, with the gateway's own authorization server as the upstream's --------------

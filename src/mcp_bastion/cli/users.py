@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mcp_bastion.delegation.store import forget_user
 from mcp_bastion.errors import ConfigError, Unavailable
 from mcp_bastion.identity.users import SQLUserDirectory, UserAdminError, UserInfo, check_password, check_username
 from mcp_bastion.oauth.service import OAuthError
@@ -148,14 +149,16 @@ def list_users(config: ConfigOption = None) -> None:
 
 @app.command()
 def disable(username: str, config: ConfigOption = None) -> None:
-    """Stop a user from logging in, and end the grants the user holds."""
+    """Stop a user from logging in, end the grants the user holds, and delete their upstream credentials."""
 
-    async def command(db: Database, _: Settings) -> int:
+    async def command(db: Database, settings: Settings) -> tuple[int, int]:
         info = await SQLUserDirectory(db).set_disabled(username, True)
-        return await SQLOAuthStore(db).revoke_all_families(subject=info.id, now=time.time(), reason="user_disabled")
+        ended = await SQLOAuthStore(db).revoke_all_families(subject=info.id, now=time.time(), reason="user_disabled")
+        removed = await forget_user(db, f"{settings.server.base_url}\x1f{info.id}")
+        return ended, removed
 
-    ended = run_with_database(config, command)
-    typer.echo(f"disabled {username}; ended {ended} grant(s)")
+    ended, removed = run_with_database(config, command)
+    typer.echo(f"disabled {username}; ended {ended} grant(s); deleted {removed} upstream credential(s)")
 
 
 @app.command()

@@ -42,6 +42,15 @@ class CredentialInfo:
     updated_at: float
 
 
+async def forget_user(db: Database, principal_key: str) -> int:
+    """Delete every upstream credential of one user (disabled); the count removed. Needs no vault key.
+    Gateways stop using them within ``CACHE_SECONDS``."""
+    table = UpstreamCredentialRow
+    async with db.transaction() as connection:
+        result = await connection.execute(delete(table).where(table.principal == principal_key))
+    return int(result.rowcount or 0)
+
+
 @final
 class CredentialStore:
     def __init__(
