@@ -322,7 +322,8 @@ def oauth_upstreams(
         secret = auth.client_secret
         linked[name] = UpstreamOAuth(
             upstream=name,
-            issuer=auth.issuer or "",
+            issuer=auth.issuer,
+            upstream_url=upstream.url,
             client_id=auth.client_id or "",
             client_secret=resolve_reference(secret, f"upstreams.{name}.auth.client_secret", kv=kv) if secret else None,
             scopes=auth.scopes,

@@ -307,7 +307,8 @@ class UpstreamAuthSettings(_Model):
     """token_exchange: the upstream's authorization server's token endpoint (https; http only on loopback
     with ``allow_insecure_http``)."""
     issuer: str | None = None
-    """oauth: the upstream's authorization server (its RFC 8414 / OIDC metadata is read from there)."""
+    """oauth: the upstream's authorization server (its RFC 8414 / OIDC metadata is read from there); absent:
+    found from the upstream's RFC 9728 protected-resource metadata."""
     resource: str | None = None
     """oauth: the RFC 8707 ``resource`` to ask for (none when absent: not every server supports it)."""
     client_id: str | None = None
@@ -326,8 +327,8 @@ class UpstreamAuthSettings(_Model):
             raise ValueError("shared_service_account needs mode = 'static'")
         if self.mode == "token_exchange" and not (self.token_endpoint and self.client_id and self.client_secret):
             raise ValueError("token_exchange needs token_endpoint, client_id and client_secret")
-        if self.mode == "oauth" and not (self.issuer and self.client_id):
-            raise ValueError("oauth needs issuer and client_id (client_secret for a confidential client)")
+        if self.mode == "oauth" and not self.client_id:
+            raise ValueError("oauth needs client_id (client_secret for a confidential client)")
         if self.header.lower() in ("cookie", "host", "content-length", "transfer-encoding", "mcp-session-id"):
             raise ValueError(f"header {self.header!r} cannot carry a credential")
         return self

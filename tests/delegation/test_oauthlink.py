@@ -24,6 +24,7 @@ from mcp_bastion.errors import ConfigError, Unavailable, UpstreamAuthorizationRe
 from mcp_bastion.exchange import Principal
 from mcp_bastion.vault.envelope import Vault
 from mcp_bastion.vault.keyfile import LocalKeyFile
+from tests.helpers.recording import recording_upstream
 from tests.storage.support import migrated
 
 pytestmark = pytest.mark.anyio
@@ -192,3 +193,46 @@ async def test_plain_http_needs_loopback_and_permission(store: CredentialStore) 
             links=LinkRegistry(),
             allow_insecure_http=True,
         )
+
+
+async def test_the_authorization_server_comes_from_the_upstreams_metadata(server: AS, store: CredentialStore) -> None:
+    async with recording_upstream() as upstream:
+        upstream.authorization_server = server.url
+        client = UpstreamOAuth(
+            upstream="crm",
+            issuer=None,
+            client_id="gw",
+            client_secret="s3cret",
+            scopes=(),
+            resource=None,
+            gateway_base="https://gw.example",
+            store=store,
+            upstream_url=upstream.url,
+            links=LinkRegistry(),
+            allow_insecure_http=True,
+        )
+        url = await client.authorization_url(client.links.create("crm", ALICE))
+        assert url.startswith(f"{server.url}/authorize?")
+        await client.aclose()
+
+
+async def test_metadata_for_another_resource_is_refused(server: AS, store: CredentialStore) -> None:
+    async with recording_upstream() as upstream:
+        upstream.authorization_server = server.url
+        client = UpstreamOAuth(
+            upstream="crm",
+            issuer=None,
+            client_id="gw",
+            client_secret=None,
+            scopes=(),
+            resource=None,
+            gateway_base="https://gw.example",
+            store=store,
+            upstream_url=upstream.url,
+            links=LinkRegistry(),
+            allow_insecure_http=True,
+        )
+        upstream.url = "https://elsewhere.example/mcp"  # the document now names another resource: not ours
+        with pytest.raises(Unavailable, match="protected-resource"):
+            await client.authorization_url(client.links.create("crm", ALICE))
+        await client.aclose()

@@ -41,9 +41,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[RunningGateway, Recorder]
     port = free_port()
     callback = f"https://127.0.0.1:{port}{CALLBACK_PATH}"
     async with recording_upstream() as recorder, running_provider(redirect_uri=callback) as issuer:
+        # No issuer configured: the gateway finds it in the upstream's RFC 9728 metadata.
+        recorder.authorization_server = issuer
         auth = {
             "mode": "oauth",
-            "issuer": issuer,
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "scopes": ["openid"],

@@ -32,6 +32,8 @@ class Recorder:
     url: str = ""
     requests: list[dict[str, str]] = field(default_factory=list)
     """Headers of every request received (lower-cased names)."""
+    authorization_server: str | None = None
+    """When set, served in the RFC 9728 protected-resource metadata (``resource`` = ``url``)."""
 
 
 def _answer(message: dict[str, object], request: Request) -> dict[str, object] | None:
@@ -67,7 +69,18 @@ async def recording_upstream() -> AsyncIterator[Recorder]:
             return Response(status_code=202)
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    app = Starlette(routes=[Route("/mcp", mcp, methods=["POST"])])
+    async def protected_resource(request: Request) -> Response:
+        if recorder.authorization_server is None:
+            return Response(status_code=404)
+        document = {"resource": recorder.url, "authorization_servers": [recorder.authorization_server]}
+        return Response(orjson.dumps(document), media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/mcp", mcp, methods=["POST"]),
+            Route("/.well-known/oauth-protected-resource/mcp", protected_resource, methods=["GET"]),
+        ]
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -10,7 +10,8 @@ cannot make a victim's browser finish the attacker's flow and link the victim's 
 attacker. The tokens are sealed by the vault per (upstream, user), refreshed when they expire, and the
 user is sent through consent again when refreshing fails.
 
-RFC 6749 §4.1 and §6, RFC 7636 (S256), RFC 8414 / OIDC Discovery (the AS metadata, issuer checked),
+RFC 6749 §4.1 and §6, RFC 7636 (S256), RFC 9728 (the upstream's protected-resource metadata names its
+authorization server, when no ``issuer`` is configured), RFC 8414 / OIDC Discovery (the AS metadata, issuer checked),
 RFC 9207 (``iss`` in the callback checked when present), RFC 8707 (``resource``, when configured).
 
 Invariants:
@@ -154,20 +155,25 @@ class UpstreamOAuth:
         self,
         *,
         upstream: str,
-        issuer: str,
+        issuer: str | None,
         client_id: str,
         client_secret: str | None,
         scopes: tuple[str, ...],
         resource: str | None,
         gateway_base: str,
         store: CredentialStore,
+        upstream_url: str | None = None,
         links: LinkRegistry,
         ca_bundle: Path | None = None,
         allow_insecure_http: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.upstream = upstream
-        self.issuer = _check_url(issuer, allow_insecure_http, f"upstreams.{upstream}.auth.issuer").rstrip("/")
+        self.issuer: str | None = (
+            _check_url(issuer, allow_insecure_http, f"upstreams.{upstream}.auth.issuer").rstrip("/") if issuer else None
+        )
+        """The AS; None: found from the upstream's RFC 9728 protected-resource metadata at first use."""
+        self._upstream_url = upstream_url
         self._allow_http = allow_insecure_http
         self._client_id = client_id
         self._client_secret = client_secret
@@ -309,9 +315,29 @@ class UpstreamOAuth:
             raise Unavailable(f"{self.upstream}: token endpoint answered HTTP {status}")
         return answer
 
+    async def _protected_resource_issuer(self) -> str:
+        """RFC 9728: the upstream's protected-resource metadata names its authorization server(s); the
+        document's ``resource`` must be the upstream itself (§3.3), else it could send us elsewhere."""
+        url = self._upstream_url
+        if url is None:
+            raise ConfigError(f"upstreams.{self.upstream}.auth: give issuer (no upstream URL to discover it from)")
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        well_known = f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
+        status, body = await self._get(well_known)
+        document = _json(body) if status == 200 else None
+        if not isinstance(document, dict) or document.get("resource") != url:
+            raise Unavailable(f"{self.upstream}: no protected-resource metadata for {url} at {well_known}")
+        servers = document.get("authorization_servers")
+        if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
+            raise Unavailable(f"{self.upstream}: its protected-resource metadata names no authorization server")
+        return _check_url(servers[0], self._allow_http, f"upstreams.{self.upstream}: authorization server").rstrip("/")
+
     async def _discover(self) -> ServerEndpoints:
         if self._endpoints is not None:
             return self._endpoints
+        if self.issuer is None:
+            self.issuer = await self._protected_resource_issuer()
         for suffix in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
             status, body = await self._get(self.issuer + suffix)
             document = _json(body) if status == 200 else None
