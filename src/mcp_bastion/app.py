@@ -324,7 +324,7 @@ def oauth_upstreams(
             upstream=name,
             issuer=auth.issuer,
             upstream_url=upstream.url,
-            client_id=auth.client_id or "",
+            client_id=auth.client_id,
             client_secret=resolve_reference(secret, f"upstreams.{name}.auth.client_secret", kv=kv) if secret else None,
             scopes=auth.scopes,
             resource=auth.resource,

@@ -327,8 +327,6 @@ class UpstreamAuthSettings(_Model):
             raise ValueError("shared_service_account needs mode = 'static'")
         if self.mode == "token_exchange" and not (self.token_endpoint and self.client_id and self.client_secret):
             raise ValueError("token_exchange needs token_endpoint, client_id and client_secret")
-        if self.mode == "oauth" and not self.client_id:
-            raise ValueError("oauth needs client_id (client_secret for a confidential client)")
         if self.header.lower() in ("cookie", "host", "content-length", "transfer-encoding", "mcp-session-id"):
             raise ValueError(f"header {self.header!r} cannot carry a credential")
         return self

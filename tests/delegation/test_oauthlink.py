@@ -38,6 +38,7 @@ class AS:
     refresh_ok: bool = True
     issuer_override: str | None = None
     forms: list[dict[str, str]] = field(default_factory=list)
+    registrations: list[dict[str, object]] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -50,8 +51,14 @@ async def server() -> AsyncIterator[AS]:
                 "issuer": state.issuer_override or state.url,
                 "authorization_endpoint": f"{state.url}/authorize",
                 "token_endpoint": f"{state.url}/token",
+                "registration_endpoint": f"{state.url}/register",
             }
         )
+
+    async def register(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        state.registrations.append(body)
+        return JSONResponse({"client_id": f"dyn-{len(state.registrations)}", "client_secret": "dyn-secret"}, 201)
 
     async def token(request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
@@ -65,6 +72,7 @@ async def server() -> AsyncIterator[AS]:
         routes=[
             Route("/.well-known/oauth-authorization-server", metadata),
             Route("/token", token, methods=["POST"]),
+            Route("/register", register, methods=["POST"]),
         ]
     )
     sock = socket.socket()
@@ -236,3 +244,30 @@ async def test_metadata_for_another_resource_is_refused(server: AS, store: Crede
         with pytest.raises(Unavailable, match="protected-resource"):
             await client.authorization_url(client.links.create("crm", ALICE))
         await client.aclose()
+
+
+async def test_dynamic_registration_happens_once_and_is_kept_sealed(server: AS, store: CredentialStore) -> None:
+    def unregistered() -> UpstreamOAuth:
+        return UpstreamOAuth(
+            upstream="crm",
+            issuer=server.url,
+            client_id=None,
+            client_secret=None,
+            scopes=(),
+            resource=None,
+            gateway_base="https://gw.example",
+            store=store,
+            links=LinkRegistry(),
+            allow_insecure_http=True,
+        )
+
+    first = unregistered()
+    link = first.links.create("crm", ALICE)
+    url = await first.authorization_url(link)
+    assert "client_id=dyn-1" in url
+    assert server.registrations[0]["redirect_uris"] == ["https://gw.example/upstream-auth/callback"]
+    await first.aclose()
+    restarted = unregistered()  # a new process: the registration comes from the vault, not a second POST
+    assert "client_id=dyn-1" in await restarted.authorization_url(restarted.links.create("crm", ALICE))
+    assert len(server.registrations) == 1
+    await restarted.aclose()

@@ -36,20 +36,19 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[RunningGateway, Recorder]]:
+@pytest.fixture(params=["registered", "dynamic"])
+async def setup(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[RunningGateway, Recorder]]:
+    """The gateway as a client the operator registered at the upstream's AS, or one it registers itself."""
     port = free_port()
     callback = f"https://127.0.0.1:{port}{CALLBACK_PATH}"
-    async with recording_upstream() as recorder, running_provider(redirect_uri=callback) as issuer:
+    dynamic = request.param == "dynamic"
+    provider = running_provider(redirect_uri=callback, registration=dynamic)
+    async with recording_upstream() as recorder, provider as issuer:
         # No issuer configured: the gateway finds it in the upstream's RFC 9728 metadata.
         recorder.authorization_server = issuer
-        auth = {
-            "mode": "oauth",
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "scopes": ["openid"],
-            "allow_insecure_http": True,
-        }
+        auth: dict[str, object] = {"mode": "oauth", "scopes": ["openid"], "allow_insecure_http": True}
+        if not dynamic:
+            auth.update({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
         upstream = {"crm": {"url": recorder.url, "allow_insecure_http": True, "auth": auth}}
         async with running_gateway(tmp_path, upstream, port=port) as gw:
             authorization = gw.gateway.authorization

@@ -44,6 +44,7 @@ async def running_provider(
     alg: str = "ES256",
     claims_in_id_token: bool = False,
     redirect_uri: str | None = None,
+    registration: bool = False,
 ) -> AsyncIterator[str]:
     """Start the provider on a free loopback port; yield its issuer URL."""
     node = shutil.which("node")
@@ -57,6 +58,7 @@ async def running_provider(
         "OIDC_REDIRECT_URIS": redirect_uri or REDIRECT_URI,
         "OIDC_ID_TOKEN_ALG": alg,
         "OIDC_CLAIMS_IN_ID_TOKEN": "1" if claims_in_id_token else "0",
+        "OIDC_REGISTRATION": "1" if registration else "0",
     }
     process = await anyio.open_process([node, str(SERVER), "0"], stdin=subprocess.DEVNULL, stderr=None, env=env)
     try:

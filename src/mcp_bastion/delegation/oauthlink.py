@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -51,6 +52,9 @@ EARLY_SECONDS: Final = 30.0
 MAX_ANSWER_BYTES: Final = 256 * 1024
 TIMEOUT_SECONDS: Final = 10.0
 CALLBACK_PATH: Final = "/upstream-auth/callback"
+REGISTRATION_KEY: Final = "\x00client-registration"
+"""Where a dynamic registration is kept (sealed) in the upstream's credential rows: never a principal key,
+which always starts with an issuer."""
 LINK_PATH: Final = "/upstream-auth/link/"
 
 
@@ -70,6 +74,7 @@ class ServerEndpoints:
     authorization: str
     token: str
     issuer: str
+    registration: str | None = None
 
 
 def _check_url(url: str, allow_insecure_http: bool, what: str) -> str:
@@ -156,7 +161,7 @@ class UpstreamOAuth:
         *,
         upstream: str,
         issuer: str | None,
-        client_id: str,
+        client_id: str | None,
         client_secret: str | None,
         scopes: tuple[str, ...],
         resource: str | None,
@@ -177,6 +182,8 @@ class UpstreamOAuth:
         self._allow_http = allow_insecure_http
         self._client_id = client_id
         self._client_secret = client_secret
+        """None: registered dynamically (RFC 7591) at first use and kept sealed (``REGISTRATION_KEY``)."""
+        self._registering = asyncio.Lock()
         self._scopes = " ".join(scopes)
         self._resource = resource
         self.redirect_uri = gateway_base + CALLBACK_PATH
@@ -216,9 +223,10 @@ class UpstreamOAuth:
     async def authorization_url(self, link: PendingLink) -> str:
         endpoints = await self._discover()
         challenge = base64.urlsafe_b64encode(hashlib.sha256(link.verifier.encode()).digest()).rstrip(b"=").decode()
+        client_id, _ = await self._client()
         query = {
             "response_type": "code",
-            "client_id": self._client_id,
+            "client_id": client_id,
             "redirect_uri": self.redirect_uri,
             "state": link.state,
             "code_challenge": challenge,
@@ -302,11 +310,12 @@ class UpstreamOAuth:
         """The token endpoint's JSON answer; None when it refuses (4xx); ``Unavailable`` otherwise."""
         endpoints = await self._discover()
         headers = {"Accept": "application/json"}
-        if self._client_secret is not None:
-            pair = f"{quote_plus(self._client_id)}:{quote_plus(self._client_secret)}".encode()
+        client_id, client_secret = await self._client()
+        if client_secret is not None:
+            pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         else:
-            form = {**form, "client_id": self._client_id}
+            form = {**form, "client_id": client_id}
         status, body = await self._post(endpoints.token, form, headers)
         if 400 <= status < 500:
             return None
@@ -352,13 +361,51 @@ class UpstreamOAuth:
                 if not isinstance(authorization, str) or not isinstance(token, str):
                     raise Unavailable(f"{self.upstream}: metadata without authorization and token endpoints")
                 what = f"upstreams.{self.upstream}.auth"
+                registration = document.get("registration_endpoint")
                 self._endpoints = ServerEndpoints(
-                    _check_url(authorization, self._allow_http, what), _check_url(token, self._allow_http, what), issuer
+                    _check_url(authorization, self._allow_http, what),
+                    _check_url(token, self._allow_http, what),
+                    issuer,
+                    _check_url(registration, self._allow_http, what) if isinstance(registration, str) else None,
                 )
                 return self._endpoints
         raise Unavailable(f"{self.upstream}: no authorization server metadata at {self.issuer}")
 
-    def _client(self) -> aiohttp.ClientSession:
+    async def _client(self) -> tuple[str, str | None]:
+        """Our client id and secret at the upstream's AS: configured, or registered once (RFC 7591)."""
+        if self._client_id is not None:
+            return self._client_id, self._client_secret
+        async with self._registering:
+            endpoints = await self._discover()
+            stored = await self._store.secret_for(self.upstream, REGISTRATION_KEY)
+            record = _json(stored) if stored is not None else None
+            if isinstance(record, dict) and record.get("issuer") == endpoints.issuer:
+                client_id, secret = record.get("client_id"), record.get("client_secret")
+                if isinstance(client_id, str):
+                    self._client_id, self._client_secret = client_id, secret if isinstance(secret, str) else None
+                    return client_id, self._client_secret
+            if endpoints.registration is None:
+                raise Unavailable(f"{self.upstream}: no client_id configured and the AS offers no registration")
+            body = {
+                "client_name": f"mcp-bastion ({self.upstream})",
+                "redirect_uris": [self.redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+            }
+            status, answer_body = await self._send("POST", endpoints.registration, json_body=body)
+            answer = _json(answer_body)
+            client_id = answer.get("client_id") if isinstance(answer, dict) else None
+            if status not in (200, 201) or not isinstance(answer, dict) or not isinstance(client_id, str):
+                raise Unavailable(f"{self.upstream}: dynamic client registration answered HTTP {status}")
+            secret = answer.get("client_secret")
+            secret = secret if isinstance(secret, str) else None
+            record = {"issuer": endpoints.issuer, "client_id": client_id, "client_secret": secret}
+            await self._store.put(self.upstream, REGISTRATION_KEY, orjson.dumps(record))
+            self._client_id, self._client_secret = client_id, secret
+            return client_id, secret
+
+    def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=16)
             self._session = aiohttp.ClientSession(
@@ -369,16 +416,27 @@ class UpstreamOAuth:
     async def _get(self, url: str) -> tuple[int, bytes]:
         failure = None
         try:
-            async with self._client().get(url, allow_redirects=False) as response:
+            async with self._http().get(url, allow_redirects=False) as response:
                 return response.status, await response.content.read(MAX_ANSWER_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             failure = type(exc).__name__
         raise Unavailable(f"{self.upstream}: {url}: {failure}")
 
+    async def _send(self, method: str, url: str, *, json_body: Mapping[str, object]) -> tuple[int, bytes]:
+        failure = None
+        try:
+            data = orjson.dumps(dict(json_body))
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            async with self._http().request(method, url, data=data, headers=headers, allow_redirects=False) as response:
+                return response.status, await response.content.read(MAX_ANSWER_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = type(exc).__name__
+        raise Unavailable(f"{self.upstream}: registration endpoint: {failure}")
+
     async def _post(self, url: str, form: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, bytes]:
         failure = None
         try:
-            async with self._client().post(
+            async with self._http().post(
                 url, data=dict(form), headers=dict(headers), allow_redirects=False
             ) as response:
                 return response.status, await response.content.read(MAX_ANSWER_BYTES + 1)

@@ -11,6 +11,7 @@
 //   OIDC_CLAIMS_IN_ID_TOKEN  "1": profile claims in the ID token too; otherwise (the OIDC Core §5.4 default
 //                            for the code flow) only from the UserInfo endpoint
 //   OIDC_PROVIDER_DIR        where the package is installed (default <repo>/.cache/oidc-provider)
+//   OIDC_REGISTRATION        "1": open dynamic client registration (RFC 7591) besides the one client
 //
 // Prints `READY http://127.0.0.1:PORT` on stdout once listening; that URL is the issuer.
 //
@@ -114,6 +115,8 @@ const configuration = {
   pairwiseIdentifier: async (_ctx, accountId, client) =>
     createHash('sha256').update(`${client.sectorIdentifier}|${accountId}|${pairwiseSalt}`).digest('hex'),
   pkce: { required: () => true },
+  // OIDC_REGISTRATION=1: open dynamic client registration (RFC 7591), for the gateway as an OAuth client.
+  features: { registration: { enabled: process.env.OIDC_REGISTRATION === '1' } },
   cookies: { keys: [randomBytes(32).toString('hex')] },
   clientBasedCORS: () => false,
   ttl: {
