@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import httpx
 import orjson
 import uvicorn
 from starlette.applications import Starlette
@@ -34,6 +35,9 @@ class Recorder:
     """Headers of every request received (lower-cased names)."""
     authorization_server: str | None = None
     """When set, served in the RFC 9728 protected-resource metadata (``resource`` = ``url``)."""
+    userinfo: str | None = None
+    """When set, the server guards its tool: the bearer token must be accepted by this OIDC UserInfo
+    endpoint (the authorization server vouches for it), and ``whoami`` answers with the user it names."""
 
 
 def _answer(message: dict[str, object], request: Request) -> dict[str, object] | None:
@@ -57,6 +61,18 @@ def _answer(message: dict[str, object], request: Request) -> dict[str, object] |
     return {"jsonrpc": "2.0", "id": message["id"], "result": result}
 
 
+async def _vouched(userinfo: str, authorization: str | None) -> str | None:
+    """The ``sub`` the authorization server's UserInfo endpoint returns for this bearer token, or None."""
+    if authorization is None:
+        return None
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        response = await client.get(userinfo, headers={"authorization": authorization})
+    if response.status_code != 200:
+        return None
+    sub = response.json().get("sub")
+    return sub if isinstance(sub, str) else None
+
+
 @contextlib.asynccontextmanager
 async def recording_upstream() -> AsyncIterator[Recorder]:
     recorder = Recorder()
@@ -64,6 +80,18 @@ async def recording_upstream() -> AsyncIterator[Recorder]:
     async def mcp(request: Request) -> Response:
         recorder.requests.append({k.lower(): v for k, v in request.headers.items()})
         message = orjson.loads(await request.body())
+        if recorder.userinfo is not None:
+            who = await _vouched(recorder.userinfo, request.headers.get("authorization"))
+            if who is None:
+                return Response(status_code=401, headers={"www-authenticate": 'Bearer error="invalid_token"'})
+            if message.get("method") == "tools/call":
+                text = f"sub={who}"
+                answer = {
+                    "jsonrpc": "2.0",
+                    "id": message["id"],
+                    "result": {"content": [{"type": "text", "text": text}]},
+                }
+                return Response(orjson.dumps(answer), media_type="application/json")
         answer = _answer(message, request)
         if answer is None:
             return Response(status_code=202)
