@@ -85,13 +85,9 @@ async def recording_upstream() -> AsyncIterator[Recorder]:
             if who is None:
                 return Response(status_code=401, headers={"www-authenticate": 'Bearer error="invalid_token"'})
             if message.get("method") == "tools/call":
-                text = f"sub={who}"
-                answer = {
-                    "jsonrpc": "2.0",
-                    "id": message["id"],
-                    "result": {"content": [{"type": "text", "text": text}]},
-                }
-                return Response(orjson.dumps(answer), media_type="application/json")
+                content = [{"type": "text", "text": f"sub={who}"}]
+                vouched = {"jsonrpc": "2.0", "id": message["id"], "result": {"content": content}}
+                return Response(orjson.dumps(vouched), media_type="application/json")
         answer = _answer(message, request)
         if answer is None:
             return Response(status_code=202)
