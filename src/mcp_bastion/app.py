@@ -25,6 +25,7 @@ from mcp_bastion.delegation.oauthlink import LinkRegistry, UpstreamOAuth
 from mcp_bastion.delegation.static import NoAuth, PerUserSecret, SharedServiceAccount, UpstreamAuth
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
+from mcp_bastion.integrity.pins import PinStore
 from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
 from mcp_bastion.oauth.access_token import AccessTokenVerifier, TrustedIssuer
 from mcp_bastion.oauth.jwks import KeySet, KeySource, RemoteKeySet
@@ -84,6 +85,8 @@ class Gateway:
     """The policy in force (reloaded on SIGHUP and file changes)."""
     buckets: Buckets | None = None
     """Rate-limit buckets (in-process, or Redis)."""
+    pins: PinStore | None = None
+    """Pinned tool definitions (loaded at startup, after the database is migrated)."""
     app: BastionApp = field(init=False)
     _reaper: asyncio.Task[None] | None = None
 
@@ -104,6 +107,8 @@ class Gateway:
             await self.policy.start()
         if self.authorization is not None:
             await self.authorization.startup()
+        if self.pins is not None:
+            await self.pins.load()
         for keys in self.remote_keys:
             await keys.refresh()
         for upstream in self.upstreams.values():
@@ -195,6 +200,10 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     )
 
     limits = settings.limits
+    # Pins live in the database the authorization server owns; without it, tools are not pinned (logged).
+    pins = PinStore(authorization.db, mode=settings.integrity.pin_mode) if authorization is not None else None
+    if pins is None:
+        log.warning("tool definitions are not pinned: pinning needs the database (oauth.enabled)")
     credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
     linked = oauth_upstreams(settings, authorization, credentials, kv=kv)
     upstreams = {
@@ -229,10 +238,11 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         Authorize: Authorize(
             allowed_methods={name: allowed_methods(up) for name, up in settings.upstreams.items()},
             authorizer=authorizer,
+            pins=pins,
         ),
         Forward: Forward(sessions),
         CheckReply: CheckReply(sessions),
-        FilterLists: FilterLists(authorizer),
+        FilterLists: FilterLists(authorizer, pins),
     }
     gate = Gate(
         admission=[stages[cls] for cls in ADMISSION_STAGES],  # type: ignore[misc]
@@ -264,6 +274,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         authorization,
         policy_store,
         buckets,
+        pins,
     )
 
 

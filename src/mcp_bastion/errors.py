@@ -21,6 +21,7 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── MalformedRequest    JSON-RPC -32600
     │   │   └── ParseFailed     JSON-RPC -32700
     │   ├── MethodDenied        method not on the allow-list: JSON-RPC -32601
+    │   ├── ToolQuarantined     the tool's definition changed since it was pinned (or is new, strict mode)
     │   ├── InvalidArguments    JSON-RPC -32602
     │   ├── MethodNotAllowed    HTTP method not served on this path (405)
     │   ├── NotFound            no such endpoint (404)
@@ -240,6 +241,15 @@ class MethodDenied(Rejected):
     http_status = 200
     jsonrpc_code = METHOD_NOT_FOUND
     public_message = "method not found"
+
+
+class ToolQuarantined(Rejected):
+    """The tool's definition changed since the gateway pinned it (a possible rug pull), or it is new and
+    pinning is strict: refused until an administrator approves it (``mcp-bastion pins``)."""
+
+    reason = "tool_quarantined"
+    http_status = 200
+    public_message = "this tool changed and is quarantined until an administrator reviews it"
 
 
 class InvalidArguments(Rejected):

@@ -278,6 +278,14 @@ class VaultSettings(_Model):
         return self
 
 
+class IntegritySettings(_Model):
+    """Tool integrity (``integrity.pins``)."""
+
+    pin_mode: Literal["trust_on_first_use", "strict"] = "trust_on_first_use"
+    """``trust_on_first_use``: a tool is pinned the first time it is seen, a later change is quarantined;
+    ``strict``: new tools are quarantined too, until an administrator approves them."""
+
+
 class PolicySettings(_Model):
     """Cedar policies (``policy/`` explains the schema). No files: every call is denied (logged at start)."""
 
@@ -421,6 +429,7 @@ class Settings(_Model):
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
     vault: VaultSettings = VaultSettings()
+    integrity: IntegritySettings = IntegritySettings()
     upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
 
     @field_validator("upstreams")

@@ -35,12 +35,14 @@ class Recorder:
     """Headers of every request received (lower-cased names)."""
     authorization_server: str | None = None
     """When set, served in the RFC 9728 protected-resource metadata (``resource`` = ``url``)."""
+    tools: list[dict[str, object]] = field(default_factory=lambda: [dict(WHOAMI)])
+    """What ``tools/list`` answers (a test may change it: a rug pull)."""
     userinfo: str | None = None
     """When set, the server guards its tool: the bearer token must be accepted by this OIDC UserInfo
     endpoint (the authorization server vouches for it), and ``whoami`` answers with the user it names."""
 
 
-def _answer(message: dict[str, object], request: Request) -> dict[str, object] | None:
+def _answer(message: dict[str, object], request: Request, recorder: Recorder) -> dict[str, object] | None:
     method = message.get("method")
     if "id" not in message:
         return None
@@ -52,7 +54,7 @@ def _answer(message: dict[str, object], request: Request) -> dict[str, object] |
             "serverInfo": {"name": "rec", "version": "1"},
         }
     elif method == "tools/list":
-        result = {"tools": [WHOAMI]}
+        result = {"tools": recorder.tools}
     elif method == "tools/call":
         text = request.headers.get("authorization", "(none)")
         result = {"content": [{"type": "text", "text": text}], "isError": False}
@@ -88,7 +90,7 @@ async def recording_upstream() -> AsyncIterator[Recorder]:
                 content = [{"type": "text", "text": f"sub={who}"}]
                 vouched = {"jsonrpc": "2.0", "id": message["id"], "result": {"content": content}}
                 return Response(orjson.dumps(vouched), media_type="application/json")
-        answer = _answer(message, request)
+        answer = _answer(message, request, recorder)
         if answer is None:
             return Response(status_code=202)
         return Response(orjson.dumps(answer), media_type="application/json")

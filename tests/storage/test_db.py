@@ -147,7 +147,7 @@ async def test_two_processes_starting_at_once_both_migrate(tmp_path: Path) -> No
             async with anyio.create_task_group() as group:
                 group.start_soon(first.upgrade)
                 group.start_soon(second.upgrade)
-        assert await first.revision() == await second.revision() == "0004_upstream_credentials"
+        assert await first.revision() == await second.revision() == "0005_tool_pins"
     finally:
         await first.aclose()
         await second.aclose()

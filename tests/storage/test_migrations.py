@@ -19,7 +19,7 @@ from tests.storage.support import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
-HEAD = "0004_upstream_credentials"
+HEAD = "0005_tool_pins"
 
 
 def _tables(connection: Connection) -> set[str]:

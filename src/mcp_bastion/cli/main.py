@@ -1,5 +1,5 @@
 """The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config`` and the groups ``users``,
-``clients``, ``keys``, ``policy``, ``vault``, ``credentials``."""
+``clients``, ``keys``, ``policy``, ``vault``, ``credentials``, ``pins``."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from mcp_bastion.cli import clients, credentials, keys, policy, users, vault
+    from mcp_bastion.cli import clients, credentials, keys, pins, policy, users, vault
 
     app.add_typer(users.app, name="users")
     app.add_typer(clients.app, name="clients")
@@ -133,6 +133,7 @@ def _register_groups() -> None:
     app.add_typer(policy.app, name="policy")
     app.add_typer(vault.app, name="vault")
     app.add_typer(credentials.app, name="credentials")
+    app.add_typer(pins.app, name="pins")
 
 
 _register_groups()

@@ -20,8 +20,9 @@ from typing import ClassVar, Final
 
 import orjson
 
-from mcp_bastion.errors import InvalidArguments, MalformedRequest, MethodDenied, UpstreamError
+from mcp_bastion.errors import InvalidArguments, MalformedRequest, MethodDenied, ToolQuarantined, UpstreamError
 from mcp_bastion.exchange import Exchange
+from mcp_bastion.integrity.pins import PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, classify
 from mcp_bastion.policy.authorizer import Authorizer, UnknownTool
 from mcp_bastion.policy.entities import Caller
@@ -33,10 +34,13 @@ MAX_LIST_PAGES: Final = 20
 class Authorize:
     name: ClassVar[str] = "authorize"
 
-    def __init__(self, *, allowed_methods: Mapping[str, frozenset[str]], authorizer: Authorizer) -> None:
+    def __init__(
+        self, *, allowed_methods: Mapping[str, frozenset[str]], authorizer: Authorizer, pins: PinStore | None = None
+    ) -> None:
         self.allowed_methods = allowed_methods
         """Endpoint name -> the methods clients may send to it."""
         self.authorizer = authorizer
+        self.pins = pins
 
     async def __call__(self, exchange: Exchange) -> None:
         message = exchange.maybe_message
@@ -58,11 +62,20 @@ class Authorize:
         try:
             exchange.decision = self.authorizer.check_call(caller, exchange.endpoint, message, engine)
         except UnknownTool as unknown:
-            await list_tools(exchange, self.authorizer)
+            await list_tools(exchange, self.authorizer, self.pins)
             try:
                 exchange.decision = self.authorizer.check_call(caller, exchange.endpoint, message, engine)
             except UnknownTool:
                 raise InvalidArguments(f"unknown tool {str(unknown)[:100]!r}", reason="tool_unknown") from None
+        name = message.params.get("name")
+        pins = self.pins
+        if (
+            method == "tools/call"
+            and pins is not None
+            and isinstance(name, str)
+            and pins.quarantined(exchange.endpoint, name)
+        ):
+            raise ToolQuarantined(f"{exchange.endpoint}/{name[:100]}: definition changed since it was pinned")
 
 
 def caller_of(exchange: Exchange) -> Caller:
@@ -81,7 +94,7 @@ def ip_of(client_addr: str) -> str:
     return "0.0.0.0"  # noqa: S104 - a value for policies to compare, not an address to bind
 
 
-async def list_tools(exchange: Exchange, authorizer: Authorizer) -> None:
+async def list_tools(exchange: Exchange, authorizer: Authorizer, pins: PinStore | None = None) -> None:
     """Read the upstream's tool list on the exchange's channel and teach it to the catalog."""
     message = exchange.message
     params: dict[str, JSONValue] = {}
@@ -108,10 +121,10 @@ async def list_tools(exchange: Exchange, authorizer: Authorizer) -> None:
             await reply.aclose()
         if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
             raise UpstreamError("the upstream did not answer tools/list", reason="upstream_tools_list_failed")
-        tools = result["tools"]
-        assert isinstance(tools, list)
+        tools = [tool for tool in result["tools"] if isinstance(tool, dict)]  # type: ignore[union-attr]
+        held = await pins.observe(exchange.endpoint, tools) if pins is not None else set()
         for tool in tools:
-            if isinstance(tool, dict):
+            if tool.get("name") not in held:  # a changed tool is not learnt: it is refused below anyway
                 authorizer.catalog.learn(exchange.endpoint, tool)
         cursor = result.get("nextCursor")
         if not isinstance(cursor, str) or not cursor:

@@ -14,6 +14,7 @@ from typing import ClassVar
 import orjson
 
 from mcp_bastion.exchange import Exchange
+from mcp_bastion.integrity.pins import PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, Message
 from mcp_bastion.pipeline.authorize import caller_of
 from mcp_bastion.policy.authorizer import LIST_KEYS, Authorizer
@@ -23,8 +24,9 @@ from mcp_bastion.upstream.base import Event
 class FilterLists:
     name: ClassVar[str] = "filter"
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, pins: PinStore | None = None) -> None:
         self.authorizer = authorizer
+        self.pins = pins
 
     async def __call__(self, exchange: Exchange, event: Event) -> Event:
         message = event.message
@@ -43,13 +45,19 @@ class FilterLists:
         items = result.get(key)
         if not isinstance(items, list):
             return event
+        method = sent.method or ""
+        listed = len(items)
+        if method == "tools/list" and self.pins is not None:
+            # Pins first: a changed (rug-pulled) tool is neither shown nor learnt by the catalog.
+            tools = [item for item in items if isinstance(item, dict)]
+            held = await self.pins.observe(exchange.endpoint, tools)
+            items = [item for item in items if not (isinstance(item, dict) and item.get("name") in held)]
         engine = self.authorizer.engine
         caller = caller_of(exchange)
-        method = sent.method or ""
         kept: list[JSONValue] = [
             item for item in items if self.authorizer.visible(engine, caller, exchange.endpoint, method, item)
         ]
-        if len(kept) == len(items):
+        if len(kept) == listed:
             return event
         raw = {**message.raw, "result": {**result, key: kept}}
         rewritten = Message(message.kind, raw, message.id, message.method)

@@ -201,3 +201,23 @@ class UpstreamCredentialRow(Base):
     """``Principal.key`` of the user (issuer and subject)."""
     secret: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[float] = mapped_column(Double)
+
+
+class ToolPinRow(Base):
+    """``integrity.pins``: the definition of a tool as first seen (or last approved), and a changed one waiting."""
+
+    __tablename__ = "tool_pins"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    """``<server>\\x1f<tool name>``."""
+    server: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String)
+    digest: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    """``approved`` or ``quarantined``."""
+    pending_digest: Mapped[str | None] = mapped_column(String(64))
+    pending: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The changed definition the server sends now, kept for ``pins diff`` until approved or rejected."""
+    first_seen: Mapped[float] = mapped_column(Double)
+    changed_at: Mapped[float | None] = mapped_column(Double)

@@ -1,0 +1,1 @@
+"""Tool integrity: what the gateway holds servers to after it first saw them (``pins``)."""
