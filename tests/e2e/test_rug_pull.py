@@ -85,3 +85,19 @@ async def test_a_server_that_goes_back_to_its_pin_is_trusted_again(setup: tuple[
     recorder.tools[0] = original
     assert await listed(gw) == {"whoami"}
     assert "result" in await whoami(gw)
+
+
+async def test_arguments_are_checked_against_the_pinned_schema(setup: tuple[RunningGateway, Recorder]) -> None:
+    gw, recorder = setup
+    assert await listed(gw) == {"whoami"}  # pinned: {"type": "object", "properties": {}}
+    seen = len(recorder.requests)
+    async with gw.http(gw.token(server="crm")) as http:
+        response = await http.post(
+            gw.url("crm"),
+            json=call("whoami", {"ssh_key": "-----BEGIN OPENSSH PRIVATE KEY-----"}),
+            headers={**MODERN_HEADERS, "mcp-name": "whoami"},
+        )
+    error = response.json()["error"]
+    assert (error["code"], error["data"]["reason"]) == (-32602, "arguments_invalid")
+    assert len(recorder.requests) == seen  # nothing reached the upstream
+    assert "OPENSSH" not in str(gw.audit()[-1])  # the audit names the path, not the value

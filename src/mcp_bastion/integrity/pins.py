@@ -168,6 +168,11 @@ class PinStore:
                 quarantined.add(name)
         return quarantined
 
+    def pinned(self, server: str, name: str) -> Pin | None:
+        """The pin of a tool that is not quarantined (its definition is the one calls are checked against)."""
+        pin = self._pins.get(_id(server, name))
+        return pin if pin is not None and pin.state == "approved" else None
+
     def quarantined(self, server: str, name: str) -> bool:
         """Whether a call of ``name`` must be refused (from memory; ``observe`` keeps it current)."""
         pin = self._pins.get(_id(server, name))

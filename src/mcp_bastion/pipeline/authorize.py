@@ -22,6 +22,7 @@ import orjson
 
 from mcp_bastion.errors import InvalidArguments, MalformedRequest, MethodDenied, ToolQuarantined, UpstreamError
 from mcp_bastion.exchange import Exchange
+from mcp_bastion.integrity.arguments import ArgumentChecker
 from mcp_bastion.integrity.pins import PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, classify
 from mcp_bastion.policy.authorizer import Authorizer, UnknownTool
@@ -41,6 +42,8 @@ class Authorize:
         """Endpoint name -> the methods clients may send to it."""
         self.authorizer = authorizer
         self.pins = pins
+        self.arguments = ArgumentChecker()
+        """Every call against its tool's pinned ``inputSchema`` (only where tools are pinned)."""
 
     async def __call__(self, exchange: Exchange) -> None:
         message = exchange.maybe_message
@@ -76,6 +79,12 @@ class Authorize:
             and pins.quarantined(exchange.endpoint, name)
         ):
             raise ToolQuarantined(f"{exchange.endpoint}/{name[:100]}: definition changed since it was pinned")
+        if method == "tools/call" and pins is not None and isinstance(name, str):
+            pin = pins.pinned(exchange.endpoint, name)
+            if pin is not None:
+                arguments = message.params.get("arguments")
+                schema = pin.definition.get("inputSchema", {"type": "object"})
+                self.arguments.check(name, pin.digest, schema, arguments if isinstance(arguments, dict) else {})
 
 
 def caller_of(exchange: Exchange) -> Caller:
