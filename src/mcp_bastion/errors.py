@@ -260,6 +260,14 @@ class InvalidArguments(Rejected):
     jsonrpc_code = INVALID_PARAMS
     public_message = "invalid params"
 
+    def __init__(self, detail: str = "", *, reason: str | None = None, path: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.path = path
+        """The JSON path (``/customer_id``) of the argument that failed, shown to the caller (its own input)."""
+
+    def public_data(self) -> dict[str, JSONValue]:
+        return {"path": self.path} if self.path is not None else {}
+
 
 class MethodNotAllowed(Rejected):
     """HTTP method not served on this path."""

@@ -98,6 +98,6 @@ async def test_arguments_are_checked_against_the_pinned_schema(setup: tuple[Runn
             headers={**MODERN_HEADERS, "mcp-name": "whoami"},
         )
     error = response.json()["error"]
-    assert (error["code"], error["data"]["reason"]) == (-32602, "arguments_invalid")
+    assert (error["code"], error["data"]["reason"], error["data"]["path"]) == (-32602, "arguments_invalid", "/")
     assert len(recorder.requests) == seen  # nothing reached the upstream
     assert "OPENSSH" not in str(gw.audit()[-1])  # the audit names the path, not the value

@@ -46,6 +46,7 @@ def test_violations_name_the_path_and_never_the_value(arguments: dict[str, JSONV
     refused = refusal(arguments)
     assert refused.reason == "arguments_invalid"
     assert f"at {path} " in refused.detail
+    assert refused.public_data() == {"path": path}
     assert "not an email" not in refused.detail
 
 

@@ -81,7 +81,9 @@ class ArgumentChecker:
         for error in validator.iter_errors(dict(arguments)):
             path = "/" + "/".join(str(part) for part in error.instance_path)
             where = "/".join(str(part) for part in error.schema_path)
-            raise InvalidArguments(f"{tool}: arguments at {path} violate {where}", reason="arguments_invalid")
+            raise InvalidArguments(
+                f"{tool}: arguments at {path} violate {where}", reason="arguments_invalid", path=path
+            )
 
     def _compile(self, tool: str, schema: JSONValue) -> Any:
         if not isinstance(schema, dict):
