@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, final
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import quote_plus
 
 import aiohttp
-import orjson
 
+from mcp_bastion.delegation.remote import check_url, json_answer, session
 from mcp_bastion.delegation.static import Header
-from mcp_bastion.errors import ConfigError, CredentialMissing, Unavailable
+from mcp_bastion.errors import CredentialMissing, Unavailable
 from mcp_bastion.exchange import Principal
 
 GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -39,20 +38,6 @@ EARLY_SECONDS: Final = 30.0
 """An exchanged token is renewed this long before it expires (clock skew, the call's own duration)."""
 CACHE_SIZE: Final = 10_000
 MAX_ANSWER_BYTES: Final = 64 * 1024
-TIMEOUT_SECONDS: Final = 10.0
-
-
-def _check_endpoint(url: str, allow_insecure_http: bool) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname and parts.username is None:
-        return url
-    if parts.scheme == "http" and allow_insecure_http and parts.hostname:
-        try:
-            if ipaddress.ip_address(parts.hostname).is_loopback:
-                return url
-        except ValueError:
-            pass
-    raise ConfigError(f"token_endpoint {url!r}: must be https (plain http only to a loopback IP when allowed)")
 
 
 @final
@@ -71,7 +56,7 @@ class TokenExchange:
         allow_insecure_http: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._endpoint = _check_endpoint(token_endpoint, allow_insecure_http)
+        self._endpoint = check_url(token_endpoint, allow_insecure_http, "token_endpoint")
         # RFC 6749 §2.3.1: both parts form-urlencoded before the base64 of client_secret_basic.
         pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
         self._authorization = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
@@ -124,7 +109,7 @@ class TokenExchange:
             failure = type(exc).__name__
         if failure is not None:  # raised outside the except: nothing chains to the request (it holds tokens)
             raise Unavailable(f"token exchange at {self._endpoint}: {failure}")
-        answer = _json(body)
+        answer = json_answer(body, MAX_ANSWER_BYTES)
         if 400 <= status < 500:
             error = answer.get("error") if isinstance(answer, dict) else None
             code = error if isinstance(error, str) else f"HTTP {status}"
@@ -140,22 +125,10 @@ class TokenExchange:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=16)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS), trust_env=False
-            )
+            self._session = session(self._ssl)
         return self._session
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _json(body: bytes) -> object:
-    if len(body) > MAX_ANSWER_BYTES:
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

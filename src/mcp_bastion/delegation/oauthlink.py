@@ -26,13 +26,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, final
 from urllib.parse import quote_plus, urlencode, urlsplit
@@ -40,6 +39,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 import aiohttp
 import orjson
 
+from mcp_bastion.delegation.remote import check_url, json_answer, session
 from mcp_bastion.delegation.static import Header
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError, Unavailable, UpstreamAuthorizationRequired
@@ -50,7 +50,6 @@ LINK_SECONDS: Final = 600.0
 MAX_LINKS: Final = 10_000
 EARLY_SECONDS: Final = 30.0
 MAX_ANSWER_BYTES: Final = 256 * 1024
-TIMEOUT_SECONDS: Final = 10.0
 CALLBACK_PATH: Final = "/upstream-auth/callback"
 REGISTRATION_KEY: Final = "\x00client-registration"
 """Where a dynamic registration is kept (sealed) in the upstream's credential rows: never a principal key,
@@ -75,19 +74,6 @@ class ServerEndpoints:
     token: str
     issuer: str
     registration: str | None = None
-
-
-def _check_url(url: str, allow_insecure_http: bool, what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname and parts.username is None:
-        return url
-    if parts.scheme == "http" and allow_insecure_http and parts.hostname:
-        try:
-            if ipaddress.ip_address(parts.hostname).is_loopback:
-                return url
-        except ValueError:
-            pass
-    raise ConfigError(f"{what} {url!r}: must be https (plain http only to a loopback IP when allowed)")
 
 
 @final
@@ -122,7 +108,7 @@ class LinkRegistry:
 
     def mark_started(self, link: PendingLink) -> PendingLink:
         """The user signed in for ``link``: from now on only its callback can use it."""
-        started = _started(link)
+        started = replace(link, started=True)
         self._links[link.id] = started
         return started
 
@@ -141,10 +127,6 @@ class LinkRegistry:
                 return
             self._links.popitem(last=False)
             self._by_state.pop(first.state, None)
-
-
-def _started(link: PendingLink) -> PendingLink:
-    return PendingLink(link.id, link.upstream, link.principal, link.state, link.verifier, link.created, True)
 
 
 def link_cookie_value(key: bytes, link: PendingLink) -> str:
@@ -175,7 +157,7 @@ class UpstreamOAuth:
     ) -> None:
         self.upstream = upstream
         self.issuer: str | None = (
-            _check_url(issuer, allow_insecure_http, f"upstreams.{upstream}.auth.issuer").rstrip("/") if issuer else None
+            check_url(issuer, allow_insecure_http, f"upstreams.{upstream}.auth.issuer").rstrip("/") if issuer else None
         )
         """The AS; None: found from the upstream's RFC 9728 protected-resource metadata at first use."""
         self._upstream_url = upstream_url
@@ -319,7 +301,7 @@ class UpstreamOAuth:
         status, body = await self._post(endpoints.token, form, headers)
         if 400 <= status < 500:
             return None
-        answer = _json(body)
+        answer = json_answer(body, MAX_ANSWER_BYTES)
         if status != 200 or not isinstance(answer, dict):
             raise Unavailable(f"{self.upstream}: token endpoint answered HTTP {status}")
         return answer
@@ -334,13 +316,13 @@ class UpstreamOAuth:
         path = parts.path.rstrip("/")
         well_known = f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
         status, body = await self._get(well_known)
-        document = _json(body) if status == 200 else None
+        document = json_answer(body, MAX_ANSWER_BYTES) if status == 200 else None
         if not isinstance(document, dict) or document.get("resource") != url:
             raise Unavailable(f"{self.upstream}: no protected-resource metadata for {url} at {well_known}")
         servers = document.get("authorization_servers")
         if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
             raise Unavailable(f"{self.upstream}: its protected-resource metadata names no authorization server")
-        return _check_url(servers[0], self._allow_http, f"upstreams.{self.upstream}: authorization server").rstrip("/")
+        return check_url(servers[0], self._allow_http, f"upstreams.{self.upstream}: authorization server").rstrip("/")
 
     async def _discover(self) -> ServerEndpoints:
         if self._endpoints is not None:
@@ -349,7 +331,7 @@ class UpstreamOAuth:
             self.issuer = await self._protected_resource_issuer()
         for suffix in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
             status, body = await self._get(self.issuer + suffix)
-            document = _json(body) if status == 200 else None
+            document = json_answer(body, MAX_ANSWER_BYTES) if status == 200 else None
             if isinstance(document, dict):
                 issuer, authorization, token = (
                     document.get("issuer"),
@@ -363,10 +345,10 @@ class UpstreamOAuth:
                 what = f"upstreams.{self.upstream}.auth"
                 registration = document.get("registration_endpoint")
                 self._endpoints = ServerEndpoints(
-                    _check_url(authorization, self._allow_http, what),
-                    _check_url(token, self._allow_http, what),
+                    check_url(authorization, self._allow_http, what),
+                    check_url(token, self._allow_http, what),
                     issuer,
-                    _check_url(registration, self._allow_http, what) if isinstance(registration, str) else None,
+                    check_url(registration, self._allow_http, what) if isinstance(registration, str) else None,
                 )
                 return self._endpoints
         raise Unavailable(f"{self.upstream}: no authorization server metadata at {self.issuer}")
@@ -378,7 +360,7 @@ class UpstreamOAuth:
         async with self._registering:
             endpoints = await self._discover()
             stored = await self._store.secret_for(self.upstream, REGISTRATION_KEY)
-            record = _json(stored) if stored is not None else None
+            record = json_answer(stored, MAX_ANSWER_BYTES) if stored is not None else None
             if isinstance(record, dict) and record.get("issuer") == endpoints.issuer:
                 client_id, secret = record.get("client_id"), record.get("client_secret")
                 if isinstance(client_id, str):
@@ -394,7 +376,7 @@ class UpstreamOAuth:
                 "token_endpoint_auth_method": "client_secret_basic",
             }
             status, answer_body = await self._send("POST", endpoints.registration, json_body=body)
-            answer = _json(answer_body)
+            answer = json_answer(answer_body, MAX_ANSWER_BYTES)
             client_id = answer.get("client_id") if isinstance(answer, dict) else None
             if status not in (200, 201) or not isinstance(answer, dict) or not isinstance(client_id, str):
                 raise Unavailable(f"{self.upstream}: dynamic client registration answered HTTP {status}")
@@ -407,10 +389,7 @@ class UpstreamOAuth:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=16)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS), trust_env=False
-            )
+            self._session = session(self._ssl)
         return self._session
 
     async def _get(self, url: str) -> tuple[int, bytes]:
@@ -444,12 +423,3 @@ class UpstreamOAuth:
             failure = type(exc).__name__
         # Raised outside the except: nothing chains to the request, which holds the code or refresh token.
         raise Unavailable(f"{self.upstream}: token endpoint: {failure}")
-
-
-def _json(body: bytes) -> object:
-    if len(body) > MAX_ANSWER_BYTES:
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
