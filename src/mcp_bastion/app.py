@@ -239,6 +239,8 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             allowed_methods={name: allowed_methods(up) for name, up in settings.upstreams.items()},
             authorizer=authorizer,
             pins=pins,
+            max_argument_bytes=settings.integrity.max_argument_bytes,
+            max_argument_depth=settings.integrity.max_argument_depth,
         ),
         Forward: Forward(sessions),
         CheckReply: CheckReply(sessions),

@@ -21,7 +21,7 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── MalformedRequest    JSON-RPC -32600
     │   │   └── ParseFailed     JSON-RPC -32700
     │   ├── MethodDenied        method not on the allow-list: JSON-RPC -32601
-    │   ├── ToolQuarantined     the tool's definition changed since it was pinned (or is new, strict mode)
+    │   ├── ToolQuarantined     a tool/prompt/resource changed since pinned, is new (strict), or looks unsafe
     │   ├── InvalidArguments    JSON-RPC -32602
     │   ├── MethodNotAllowed    HTTP method not served on this path (405)
     │   ├── NotFound            no such endpoint (404)
@@ -244,12 +244,14 @@ class MethodDenied(Rejected):
 
 
 class ToolQuarantined(Rejected):
-    """The tool's definition changed since the gateway pinned it (a possible rug pull), or it is new and
-    pinning is strict: refused until an administrator approves it (``mcp-bastion pins``)."""
+    """A tool's (prompt's, resource's) definition changed since the gateway pinned it (a possible rug
+    pull), it is new and pinning is strict, its description was flagged as poisoned, or it imitates another
+    server's tool: refused until an administrator approves it (``mcp-bastion pins``). The reason says which:
+    ``<kind>_quarantined`` (changed), ``<kind>_unapproved``, ``<kind>_flagged``, ``<kind>_shadowing``."""
 
     reason = "tool_quarantined"
     http_status = 200
-    public_message = "this tool changed and is quarantined until an administrator reviews it"
+    public_message = "quarantined until an administrator reviews it"
 
 
 class InvalidArguments(Rejected):

@@ -284,6 +284,10 @@ class IntegritySettings(_Model):
     pin_mode: Literal["trust_on_first_use", "strict"] = "trust_on_first_use"
     """``trust_on_first_use``: a tool is pinned the first time it is seen, a later change is quarantined;
     ``strict``: new tools are quarantined too, until an administrator approves them."""
+    max_argument_bytes: int = Field(524_288, ge=64, le=64 * 1_048_576)
+    """A ``tools/call``'s arguments, serialised, at most this long (the body limit caps the whole message)."""
+    max_argument_depth: int = Field(16, ge=2, le=256)
+    """Nesting of a ``tools/call``'s arguments (the arguments object itself is depth 1)."""
 
 
 class PolicySettings(_Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcp_bastion.errors import InvalidArguments
-from mcp_bastion.integrity.arguments import ArgumentChecker, closed
+from mcp_bastion.integrity.arguments import ArgumentChecker, check_size, closed
 from mcp_bastion.jsonrpc.message import JSONValue
 
 SCHEMA: dict[str, JSONValue] = {
@@ -67,3 +67,22 @@ def test_a_remote_ref_is_never_fetched_and_refuses_the_tool() -> None:
 
 def test_a_schema_that_is_not_an_object_refuses_the_tool() -> None:
     assert refusal({}, "not a schema").reason == "tool_schema_unusable"
+
+
+def test_arguments_over_the_size_limit_are_refused_before_the_schema() -> None:
+    check_size("t", {"text": "x" * 100}, max_bytes=200)
+    with pytest.raises(InvalidArguments) as refused:
+        check_size("t", {"text": "x" * 300}, max_bytes=200)
+    assert refused.value.reason == "arguments_too_large"
+
+
+def test_arguments_nested_deeper_than_the_limit_are_refused() -> None:
+    nested: JSONValue = "leaf"
+    for _ in range(5):
+        nested = {"a": nested}
+    check_size("t", {"x": nested}, max_depth=6)  # the arguments object itself is level 1
+    with pytest.raises(InvalidArguments) as refused:
+        check_size("t", {"x": [nested]}, max_depth=6)
+    assert refused.value.reason == "arguments_too_deep"
+    # Many flat containers are not depth.
+    check_size("t", {"rows": [[1], [2], [3], [4], [5], [6], [7]]}, max_depth=3)

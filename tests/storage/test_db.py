@@ -18,6 +18,7 @@ from mcp_bastion.storage.db import BUSY_TIMEOUT_MS, Database, default_url
 from mcp_bastion.storage.models import UserRow
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
 from tests.storage.support import migrated, sqlite_url
+from tests.storage.test_migrations import HEAD
 
 pytestmark = pytest.mark.anyio
 
@@ -147,7 +148,7 @@ async def test_two_processes_starting_at_once_both_migrate(tmp_path: Path) -> No
             async with anyio.create_task_group() as group:
                 group.start_soon(first.upgrade)
                 group.start_soon(second.upgrade)
-        assert await first.revision() == await second.revision() == "0005_tool_pins"
+        assert await first.revision() == await second.revision() == HEAD
     finally:
         await first.aclose()
         await second.aclose()

@@ -19,7 +19,7 @@ from tests.storage.support import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
-HEAD = "0005_tool_pins"
+HEAD = "0006_pin_kinds"
 
 
 def _tables(connection: Connection) -> set[str]:
@@ -83,3 +83,29 @@ async def test_a_failed_migration_leaves_no_half_schema(tmp_path: Path, monkeypa
             assert await connection.run_sync(_tables) == set()
     finally:
         await db.aclose()
+
+
+async def test_tool_pins_of_0005_become_tool_pins_of_every_kind(database: Database) -> None:
+    """0006 keeps existing pins: ids gain the kind, a quarantined pin says it was a change."""
+    sep = "\x1f"
+
+    def back_to_0005_with_pins(connection: Connection) -> None:
+        command.downgrade(migrate.config(connection), "0005_tool_pins")
+        for name, state in (("greet", "approved"), ("pulled", "quarantined")):
+            connection.execute(
+                text(
+                    "INSERT INTO tool_pins (id, server, name, digest, definition, state, first_seen)"
+                    " VALUES (:id, 's', :name, 'd', '{}', :state, 0)"
+                ),
+                {"id": f"s{sep}{name}", "name": name, "state": state},
+            )
+        command.upgrade(migrate.config(connection), "head")
+
+    async with database.transaction() as connection:
+        await connection.run_sync(back_to_0005_with_pins)
+    async with database.read() as connection:
+        rows = (await connection.execute(text("SELECT id, kind, reason FROM tool_pins ORDER BY name"))).all()
+    assert [tuple(row) for row in rows] == [
+        (f"tool{sep}s{sep}greet", "tool", None),
+        (f"tool{sep}s{sep}pulled", "tool", "changed"),
+    ]

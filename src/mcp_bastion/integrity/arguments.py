@@ -6,6 +6,10 @@ written: an object schema that lists ``properties`` and says nothing about ``add
 closed (``additionalProperties: false``) — an argument the tool never declared is more likely an injection
 than a feature. A schema that explicitly allows extra properties keeps them (logged once per tool).
 
+Before the schema, the arguments' size (serialised) and nesting depth are held to limits of their own
+(``integrity.max_argument_bytes`` / ``max_argument_depth``), tighter than the whole message's: a schema
+that forgets ``maxLength`` or recursion bounds must not make the upstream parse a megabyte of nesting.
+
 Invariants:
 - remote ``$ref``s are never fetched (``offline``): a schema from a server cannot make the gateway send
   requests (SSRF through a schema);
@@ -21,14 +25,40 @@ from collections.abc import Mapping
 from typing import Any, Final, final
 
 import jsonschema_rs
+import orjson
 
-from mcp_bastion.errors import InvalidArguments
-from mcp_bastion.jsonrpc.message import JSONValue
+from mcp_bastion.errors import InvalidArguments, MalformedRequest
+from mcp_bastion.jsonrpc.message import JSONValue, check_depth
 
 logger = logging.getLogger(__name__)
 
 _COMPOSED: Final = ("allOf", "anyOf", "oneOf", "$ref", "patternProperties", "unevaluatedProperties", "if")
 MAX_CACHE: Final = 4096
+MAX_ARGUMENT_BYTES: Final = 524_288
+MAX_ARGUMENT_DEPTH: Final = 16
+
+
+def check_size(
+    tool: str,
+    arguments: Mapping[str, JSONValue],
+    *,
+    max_bytes: int = MAX_ARGUMENT_BYTES,
+    max_depth: int = MAX_ARGUMENT_DEPTH,
+) -> None:
+    """Raise ``InvalidArguments`` (``arguments_too_large`` / ``arguments_too_deep``) over either limit."""
+    raw = orjson.dumps(dict(arguments))
+    if len(raw) > max_bytes:
+        raise InvalidArguments(
+            f"{tool}: arguments of {len(raw)} bytes, over {max_bytes}", reason="arguments_too_large", path="/"
+        )
+    # Every container opens with [ or {: fewer brackets than the limit cannot nest that deep (cheap, in C).
+    if raw.count(b"[") + raw.count(b"{") > max_depth:
+        try:
+            check_depth(dict(arguments), max_depth)
+        except MalformedRequest:
+            raise InvalidArguments(
+                f"{tool}: arguments nest deeper than {max_depth}", reason="arguments_too_deep", path="/"
+            ) from None
 
 
 def closed(schema: Any) -> Any:

@@ -22,8 +22,8 @@ import orjson
 
 from mcp_bastion.errors import InvalidArguments, MalformedRequest, MethodDenied, ToolQuarantined, UpstreamError
 from mcp_bastion.exchange import Exchange
-from mcp_bastion.integrity.arguments import ArgumentChecker
-from mcp_bastion.integrity.pins import PinStore
+from mcp_bastion.integrity.arguments import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_DEPTH, ArgumentChecker, check_size
+from mcp_bastion.integrity.pins import Kind, PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, classify
 from mcp_bastion.policy.authorizer import Authorizer, UnknownTool
 from mcp_bastion.policy.entities import Caller
@@ -36,12 +36,20 @@ class Authorize:
     name: ClassVar[str] = "authorize"
 
     def __init__(
-        self, *, allowed_methods: Mapping[str, frozenset[str]], authorizer: Authorizer, pins: PinStore | None = None
+        self,
+        *,
+        allowed_methods: Mapping[str, frozenset[str]],
+        authorizer: Authorizer,
+        pins: PinStore | None = None,
+        max_argument_bytes: int = MAX_ARGUMENT_BYTES,
+        max_argument_depth: int = MAX_ARGUMENT_DEPTH,
     ) -> None:
         self.allowed_methods = allowed_methods
         """Endpoint name -> the methods clients may send to it."""
         self.authorizer = authorizer
         self.pins = pins
+        self.max_argument_bytes = max_argument_bytes
+        self.max_argument_depth = max_argument_depth
         self.arguments = ArgumentChecker()
         """Every call against its tool's pinned ``inputSchema`` (only where tools are pinned)."""
 
@@ -72,19 +80,46 @@ class Authorize:
                 raise InvalidArguments(f"unknown tool {str(unknown)[:100]!r}", reason="tool_unknown") from None
         name = message.params.get("name")
         pins = self.pins
-        if (
-            method == "tools/call"
-            and pins is not None
-            and isinstance(name, str)
-            and pins.quarantined(exchange.endpoint, name)
-        ):
-            raise ToolQuarantined(f"{exchange.endpoint}/{name[:100]}: definition changed since it was pinned")
+        if pins is not None:
+            refuse_quarantined(pins, exchange.endpoint, method, message.params)
+        if method == "tools/call" and isinstance(name, str):
+            arguments = message.params.get("arguments")
+            check_size(
+                name,
+                arguments if isinstance(arguments, dict) else {},
+                max_bytes=self.max_argument_bytes,
+                max_depth=self.max_argument_depth,
+            )
         if method == "tools/call" and pins is not None and isinstance(name, str):
             pin = pins.pinned(exchange.endpoint, name)
             if pin is not None:
                 arguments = message.params.get("arguments")
                 schema = pin.definition.get("inputSchema", {"type": "object"})
                 self.arguments.check(name, pin.digest, schema, arguments if isinstance(arguments, dict) else {})
+
+
+QUARANTINABLE: Final[Mapping[str, tuple[Kind, str]]] = {
+    "tools/call": ("tool", "name"),
+    "prompts/get": ("prompt", "name"),
+    "resources/read": ("resource", "uri"),
+    "resources/subscribe": ("resource", "uri"),
+}
+"""Methods that use one pinned item: its kind and the params member naming it."""
+_CAUSES: Final[Mapping[str, str]] = {"changed": "quarantined", "new": "unapproved"}
+
+
+def refuse_quarantined(pins: PinStore, server: str, method: str, params: Mapping[str, JSONValue]) -> None:
+    """Raise ``ToolQuarantined`` when the message uses a quarantined item (its reason names the cause)."""
+    target = QUARANTINABLE.get(method)
+    if target is None:
+        return
+    kind, member = target
+    name = params.get(member)
+    if isinstance(name, str) and pins.quarantined(server, name, kind):
+        cause = pins.reason(server, name, kind) or "changed"
+        raise ToolQuarantined(
+            f"{server}: {kind} {name[:100]!r} is quarantined ({cause})", reason=f"{kind}_{_CAUSES.get(cause, cause)}"
+        )
 
 
 def caller_of(exchange: Exchange) -> Caller:

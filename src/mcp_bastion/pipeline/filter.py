@@ -14,7 +14,7 @@ from typing import ClassVar
 import orjson
 
 from mcp_bastion.exchange import Exchange
-from mcp_bastion.integrity.pins import PinStore
+from mcp_bastion.integrity.pins import KEY, LIST_KINDS, PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, Message
 from mcp_bastion.pipeline.authorize import caller_of
 from mcp_bastion.policy.authorizer import LIST_KEYS, Authorizer
@@ -47,11 +47,13 @@ class FilterLists:
             return event
         method = sent.method or ""
         listed = len(items)
-        if method == "tools/list" and self.pins is not None:
-            # Pins first: a changed (rug-pulled) tool is neither shown nor learnt by the catalog.
-            tools = [item for item in items if isinstance(item, dict)]
-            held = await self.pins.observe(exchange.endpoint, tools)
-            items = [item for item in items if not (isinstance(item, dict) and item.get("name") in held)]
+        kind = LIST_KINDS.get(method)
+        if kind is not None and self.pins is not None:
+            # Pins first: a changed (rug-pulled) item is neither shown nor learnt by the catalog.
+            member = KEY[kind]
+            held = await self.pins.observe(exchange.endpoint, [item for item in items if isinstance(item, dict)], kind)
+            if held:
+                items = [item for item in items if not (isinstance(item, dict) and item.get(member) in held)]
         engine = self.authorizer.engine
         caller = caller_of(exchange)
         kept: list[JSONValue] = [

@@ -204,14 +204,18 @@ class UpstreamCredentialRow(Base):
 
 
 class ToolPinRow(Base):
-    """``integrity.pins``: the definition of a tool as first seen (or last approved), and a changed one waiting."""
+    """``integrity.pins``: the definition of a tool, prompt, resource or resource template as first seen (or
+    last approved), and a changed one waiting. (The table kept its first name when it grew kinds.)"""
 
     __tablename__ = "tool_pins"
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
-    """``<server>\\x1f<tool name>``."""
+    """``<kind>\\x1f<server>\\x1f<name>``."""
+    kind: Mapped[str] = mapped_column(String(16), server_default="tool")
+    """``tool``, ``prompt``, ``resource`` or ``template``."""
     server: Mapped[str] = mapped_column(String(128), index=True)
     name: Mapped[str] = mapped_column(String)
+    """The tool or prompt name, the resource URI or the template's URI template."""
     digest: Mapped[str] = mapped_column(String(64))
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))
@@ -221,3 +225,8 @@ class ToolPinRow(Base):
     """The changed definition the server sends now, kept for ``pins diff`` until approved or rejected."""
     first_seen: Mapped[float] = mapped_column(Double)
     changed_at: Mapped[float | None] = mapped_column(Double)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    """Why it is quarantined (``changed``, ``new``, ``flagged``, ``shadowing``); ``approved`` once an
+    administrator approved it; empty for a definition trusted on first use."""
+    findings: Mapped[list[Any] | None] = mapped_column(JSON)
+    """What the definition scan found (categories and short reasons, never long text)."""
