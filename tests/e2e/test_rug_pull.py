@@ -101,3 +101,30 @@ async def test_arguments_are_checked_against_the_pinned_schema(setup: tuple[Runn
     assert (error["code"], error["data"]["reason"], error["data"]["path"]) == (-32602, "arguments_invalid", "/")
     assert len(recorder.requests) == seen  # nothing reached the upstream
     assert "OPENSSH" not in str(gw.audit()[-1])  # the audit names the path, not the value
+
+
+async def test_prompts_and_resources_are_pinned_too(setup: tuple[RunningGateway, Recorder], tmp_path: Path) -> None:
+    gw, recorder = setup
+    async with gw.http(gw.token(server="crm")) as http:
+        async with Client(streamable_http_client(gw.url("crm"), http_client=http), mode="auto") as client:
+            assert [p.name for p in (await client.list_prompts()).prompts] == ["review"]
+            assert [str(r.uri) for r in (await client.list_resources()).resources] == ["memo://notes"]
+            await client.get_prompt("review", {"change": "x"})
+            await client.read_resource("memo://notes")
+            recorder.prompts[0] = {**recorder.prompts[0], "description": f"Review a change. {HIDDEN}"}
+            recorder.resources[0] = {**recorder.resources[0], "description": HIDDEN}
+            assert (await client.list_prompts()).prompts == []
+            assert (await client.list_resources()).resources == []
+    seen = len(recorder.requests)
+    async with gw.http(gw.token(server="crm")) as http:
+        for method, params, reason in (
+            ("prompts/get", {"name": "review", "arguments": {"change": "x"}}, "prompt_quarantined"),
+            ("resources/read", {"uri": "memo://notes"}, "resource_quarantined"),
+        ):
+            message = {**call("review", {}), "method": method, "params": params}
+            response = await http.post(gw.url("crm"), json=message, headers={**MODERN_HEADERS, "mcp-name": "review"})
+            assert response.json()["error"]["data"]["reason"] == reason
+    assert len(recorder.requests) == seen  # nothing reached the upstream
+    listing = await anyio.to_thread.run_sync(pins_cli, tmp_path, "list")
+    assert "prompt" in listing
+    assert "resource" in listing

@@ -28,6 +28,10 @@ WHOAMI = {
 }
 
 
+REVIEW = {"name": "review", "description": "Review a change.", "arguments": [{"name": "change", "required": True}]}
+NOTES = {"uri": "memo://notes", "name": "notes", "mimeType": "text/plain"}
+
+
 @dataclass
 class Recorder:
     url: str = ""
@@ -37,6 +41,8 @@ class Recorder:
     """When set, served in the RFC 9728 protected-resource metadata (``resource`` = ``url``)."""
     tools: list[dict[str, object]] = field(default_factory=lambda: [dict(WHOAMI)])
     """What ``tools/list`` answers (a test may change it: a rug pull)."""
+    prompts: list[dict[str, object]] = field(default_factory=lambda: [dict(REVIEW)])
+    resources: list[dict[str, object]] = field(default_factory=lambda: [dict(NOTES)])
     userinfo: str | None = None
     """When set, the server guards its tool: the bearer token must be accepted by this OIDC UserInfo
     endpoint (the authorization server vouches for it), and ``whoami`` answers with the user it names."""
@@ -50,11 +56,19 @@ def _answer(message: dict[str, object], request: Request, recorder: Recorder) ->
     if method == "initialize":
         result = {
             "protocolVersion": "2025-11-25",
-            "capabilities": {"tools": {}},
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
             "serverInfo": {"name": "rec", "version": "1"},
         }
     elif method == "tools/list":
         result = {"tools": recorder.tools}
+    elif method == "prompts/list":
+        result = {"prompts": recorder.prompts}
+    elif method == "prompts/get":
+        result = {"messages": [{"role": "user", "content": {"type": "text", "text": "Review this."}}]}
+    elif method == "resources/list":
+        result = {"resources": recorder.resources}
+    elif method == "resources/read":
+        result = {"contents": [{"uri": "memo://notes", "mimeType": "text/plain", "text": "remember the milk"}]}
     elif method == "tools/call":
         text = request.headers.get("authorization", "(none)")
         result = {"content": [{"type": "text", "text": text}], "isError": False}

@@ -3,8 +3,9 @@
 The answer to ``tools/list``, ``resources/list``, ``resources/templates/list`` or ``prompts/list`` is
 rewritten to keep only the items ``policy.authorizer`` would let this caller call (same policy, same scope
 check, one engine for the whole list). Tool definitions are learnt by the catalog on the way, and forgotten
-when the server says its tools changed (``notifications/tools/list_changed``). Every other message passes
-unchanged, as the bytes the upstream sent.
+when the server says its tools changed (``notifications/tools/list_changed``) — and a server sending a
+list_changed it declared it would not send is flagged (``integrity.capabilities``). Every other message
+passes unchanged, as the bytes the upstream sent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import ClassVar
 import orjson
 
 from mcp_bastion.exchange import Exchange
+from mcp_bastion.integrity.capabilities import DECLARING_METHODS, Promises
 from mcp_bastion.integrity.pins import KEY, LIST_KINDS, PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, Message
 from mcp_bastion.pipeline.authorize import caller_of
@@ -27,19 +29,27 @@ class FilterLists:
     def __init__(self, authorizer: Authorizer, pins: PinStore | None = None) -> None:
         self.authorizer = authorizer
         self.pins = pins
+        self.promises = Promises()
+        """What each upstream declared about list_changed notifications (``integrity.capabilities``)."""
 
     async def __call__(self, exchange: Exchange, event: Event) -> Event:
         message = event.message
-        if message is not None and message.method == "notifications/tools/list_changed":
-            # What the catalog knows may be stale now: the next call of a tool lists the tools again
-            # (the client, told the same, lists them too, and sees them filtered).
-            self.authorizer.catalog.forget(exchange.endpoint)
+        if message is not None and message.kind == "notification":
+            method = message.method or ""
+            self.promises.broken(exchange.endpoint, method)
+            if method == "notifications/tools/list_changed":
+                # What the catalog knows may be stale now: the next call of a tool lists the tools again
+                # (the client, told the same, lists them too, and sees them filtered).
+                self.authorizer.catalog.forget(exchange.endpoint)
             return event
         sent = exchange.maybe_message
         if message is None or message.kind != "response" or sent is None or message.is_error:
             return event
-        key = LIST_KEYS.get(sent.method or "")
         result = message.raw.get("result")
+        if sent.method in DECLARING_METHODS and isinstance(result, dict):
+            self.promises.learn(exchange.endpoint, result)
+            return event
+        key = LIST_KEYS.get(sent.method or "")
         if key is None or not isinstance(result, dict):
             return event
         items = result.get(key)
