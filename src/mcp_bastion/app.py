@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcp_bastion.asgi.aggregate import aggregate_endpoint
 from mcp_bastion.asgi.app import BastionApp, json_document
 from mcp_bastion.asgi.mcp import MCPEndpoint
 from mcp_bastion.asgi.pages.upstreamlink import link_routes
@@ -26,6 +28,7 @@ from mcp_bastion.delegation.static import NoAuth, PerUserSecret, SharedServiceAc
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.integrity.pins import PinStore
+from mcp_bastion.integrity.sinks import SinkChecker
 from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
 from mcp_bastion.oauth.access_token import AccessTokenVerifier, TrustedIssuer
 from mcp_bastion.oauth.jwks import KeySet, KeySource, RemoteKeySet
@@ -37,6 +40,7 @@ from mcp_bastion.pipeline.authenticate import Authenticate
 from mcp_bastion.pipeline.authorize import Authorize
 from mcp_bastion.pipeline.filter import FilterLists
 from mcp_bastion.pipeline.forward import Forward
+from mcp_bastion.pipeline.inspect import InspectResults
 from mcp_bastion.pipeline.parse import Parse
 from mcp_bastion.pipeline.reply import CheckReply
 from mcp_bastion.pipeline.session import Sessions
@@ -47,11 +51,16 @@ from mcp_bastion.policy.authorizer import Authorizer, ScopeGrants
 from mcp_bastion.policy.catalog import ToolCatalog
 from mcp_bastion.policy.ratelimit import Buckets, MemoryBuckets, Rate, RedisBuckets
 from mcp_bastion.policy.store import PolicyStore
+from mcp_bastion.scan.definitions import DefinitionScan
+from mcp_bastion.scan.injection import InjectionDetector
+from mcp_bastion.scan.results import Actions, ResultInspector
+from mcp_bastion.scan.secrets import pii_detector
 from mcp_bastion.secrets import KVReader, kv_reader, resolve_reference
 from mcp_bastion.sessions import SessionStore
 from mcp_bastion.settings import RateLimitSettings, Settings, UpstreamSettings
 from mcp_bastion.tls.context import upstream_context
 from mcp_bastion.tls.peercert import peer_identity
+from mcp_bastion.upstream.aggregate import AGGREGATE
 from mcp_bastion.upstream.base import Upstream
 from mcp_bastion.upstream.http import HTTPUpstream
 from mcp_bastion.upstream.stdio import StdioUpstream
@@ -87,6 +96,8 @@ class Gateway:
     """Rate-limit buckets (in-process, or Redis)."""
     pins: PinStore | None = None
     """Pinned tool definitions (loaded at startup, after the database is migrated)."""
+    aggregate: MCPEndpoint | None = None
+    """The aggregate endpoint ``/mcp`` (``aggregate.enabled``)."""
     app: BastionApp = field(init=False)
     _reaper: asyncio.Task[None] | None = None
 
@@ -98,6 +109,7 @@ class Gateway:
             on_shutdown=self.shutdown,
             https=not self.settings.server.allow_insecure_http,
             web=self.authorization.app if self.authorization is not None else None,
+            aggregate=self.aggregate,
         )
 
     async def startup(self) -> None:
@@ -152,6 +164,9 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     base = server.base_url
     resources = {name: f"{base}/mcp/{name}" for name in settings.upstreams}
+    combined = settings.aggregate
+    # The aggregate endpoint is a resource of its own (RFC 8707): its tokens carry the members' scopes.
+    aggregate_resource = {f"{base}/mcp": aggregate_scopes(settings)} if combined.enabled else {}
     kv = kv_reader(settings)  # vault: references: one reader for the whole startup (each secret read once)
 
     audit_sink = audit if audit is not None else build_audit(settings, state_dir)
@@ -173,6 +188,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             secure=not server.allow_insecure_http,
             scope_policy=ScopeGrants(policy_store, base),
             kv=kv,
+            extra_resources=aggregate_resource,
         )
         local_issuer = authorization.keys
         trusted.append(TrustedIssuer(local_issuer.issuer, authorization.keys.key_source))
@@ -201,9 +217,21 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
 
     limits = settings.limits
     # Pins live in the database the authorization server owns; without it, tools are not pinned (logged).
-    pins = PinStore(authorization.db, mode=settings.integrity.pin_mode) if authorization is not None else None
+    integrity = settings.integrity
+    detector = InjectionDetector.load()  # one model for definitions (pins) and results (inspect)
+    pins = (
+        PinStore(
+            authorization.db,
+            mode=integrity.pin_mode,
+            inspector=DefinitionScan(detector) if integrity.scan_definitions else None,
+        )
+        if authorization is not None
+        else None
+    )
     if pins is None:
         log.warning("tool definitions are not pinned: pinning needs the database (oauth.enabled)")
+    elif not integrity.scan_definitions:
+        log.warning("INSECURE: integrity.scan_definitions is off: poisoned tool descriptions are trusted on first use")
     credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
     linked = oauth_upstreams(settings, authorization, credentials, kv=kv)
     upstreams = {
@@ -226,7 +254,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         ),
         Authenticate: Authenticate(
             verifier=verifier,
-            resources=resources,
+            resources={**resources, AGGREGATE: f"{base}/mcp"} if combined.enabled else resources,
             mtls_identity=peer_identity if client_auth is not None else None,
             allow_unauthenticated=server.dangerously_allow_unauthenticated,
             roles_claims={issuer.issuer: issuer.roles_claim for issuer in settings.auth.issuers},
@@ -241,10 +269,25 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             pins=pins,
             max_argument_bytes=settings.integrity.max_argument_bytes,
             max_argument_depth=settings.integrity.max_argument_depth,
+            sinks=SinkChecker.from_settings(settings.upstreams),
         ),
         Forward: Forward(sessions),
         CheckReply: CheckReply(sessions),
         FilterLists: FilterLists(authorizer, pins),
+        InspectResults: InspectResults(
+            ResultInspector(
+                Actions(
+                    secrets=settings.inspect.secrets,
+                    pii=settings.inspect.pii,
+                    injection=settings.inspect.injection,
+                    injection_threshold=settings.inspect.injection_threshold or detector.threshold("result"),
+                ),
+                pii=pii_detector(settings.inspect.pii_builtins, settings.inspect.pii_patterns),
+                instructions=functools.partial(detector.score, kind="result"),
+            ),
+            pins,
+            max_scan_bytes=settings.inspect.max_scan_bytes,
+        ),
     }
     gate = Gate(
         admission=[stages[cls] for cls in ADMISSION_STAGES],  # type: ignore[misc]
@@ -254,6 +297,29 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     )
     metadata_urls = {name: metadata_url_for(url) for name, url in resources.items()}
     documents = _documents(settings, resources, metadata_urls, local_issuer)
+    aggregate = None
+    if combined.enabled:
+        aggregate_url = f"{base}/mcp"
+        issuers = ([local_issuer.issuer] if local_issuer else []) + [i.issuer for i in settings.auth.issuers]
+        documents[metadata_url_for(aggregate_url)[len(base) :]] = json_document(
+            protected_resource_metadata(
+                resource=aggregate_url,
+                authorization_servers=issuers,
+                scopes_supported=sorted(aggregate_resource[aggregate_url]),
+                resource_name="aggregate",
+            )
+        )
+        aggregate = aggregate_endpoint(
+            servers=combined.servers,
+            gate=gate,
+            upstreams=upstreams,
+            sessions=sessions,
+            pins=pins,
+            audit=audit_sink,
+            metadata_url=metadata_url_for(aggregate_url),
+            max_body_bytes=limits.max_body_bytes,
+            body_timeout=limits.body_timeout,
+        )
     endpoint = MCPEndpoint(
         gate=gate,
         upstreams=upstreams,
@@ -277,7 +343,15 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
         policy_store,
         buckets,
         pins,
+        aggregate,
     )
+
+
+def aggregate_scopes(settings: Settings) -> dict[str, str]:
+    """The scopes the aggregate endpoint offers: those of its member servers together."""
+    return {
+        scope: words for name in settings.aggregate.servers for scope, words in settings.upstreams[name].scopes.items()
+    }
 
 
 def allowed_methods(upstream: UpstreamSettings) -> frozenset[str]:

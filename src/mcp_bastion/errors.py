@@ -23,6 +23,9 @@ for the audit log and the operator's log only; it is never rendered to a client.
     │   ├── MethodDenied        method not on the allow-list: JSON-RPC -32601
     │   ├── ToolQuarantined     a tool/prompt/resource changed since pinned, is new (strict), or looks unsafe
     │   ├── InvalidArguments    JSON-RPC -32602
+    │   │   └── UnsafeArgument  an argument aimed at a sink: path escape, shell metacharacters, SQL, SSRF
+    │   ├── ResultBlocked       the result carried something that must not reach the model (secret, injection)
+    │   ├── ResultInvalid       the result breaks the tool's pinned outputSchema
     │   ├── MethodNotAllowed    HTTP method not served on this path (405)
     │   ├── NotFound            no such endpoint (404)
     │   ├── NotAcceptable       Accept rules out JSON and SSE (406)
@@ -266,6 +269,43 @@ class InvalidArguments(Rejected):
         super().__init__(detail, reason=reason)
         self.path = path
         """The JSON path (``/customer_id``) of the argument that failed, shown to the caller (its own input)."""
+
+    def public_data(self) -> dict[str, JSONValue]:
+        return {"path": self.path} if self.path is not None else {}
+
+
+class UnsafeArgument(InvalidArguments):
+    """An argument that would reach a dangerous sink unsafely (``integrity.sinks``): a path outside its roots
+    or with traversal, shell metacharacters, stacked or commented SQL, a URL to a non-public address. Refused,
+    never rewritten. ``reason`` is ``argument_unsafe_<kind>``; the caller sees it and the JSON path, never
+    the value."""
+
+    reason = "argument_unsafe"
+    public_message = "unsafe argument"
+
+
+class ResultBlocked(Rejected):
+    """The upstream's result carried something that must not reach the model (``scan.results``): a secret,
+    PII or injected instructions, with that category's action set to ``block``. Nothing of it is passed on;
+    ``reason`` names the category (``result_blocked_secret``, ``result_blocked_injection``, ...)."""
+
+    reason = "result_blocked"
+    http_status = 200
+    public_message = "the result was withheld by the gateway"
+
+
+class ResultInvalid(Rejected):
+    """The tool's result does not match the ``outputSchema`` of its pinned definition, or lacks the
+    ``structuredContent`` that schema promises. Nothing of the result is passed on."""
+
+    reason = "result_invalid"
+    http_status = 200
+    public_message = "the tool's result does not match its declared output schema"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, path: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.path = path
+        """The JSON path within ``structuredContent`` of the first violation (never the value)."""
 
     def public_data(self) -> dict[str, JSONValue]:
         return {"path": self.path} if self.path is not None else {}

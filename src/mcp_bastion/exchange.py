@@ -18,6 +18,7 @@ from mcp_bastion.jsonrpc.message import Body, Message
 
 if TYPE_CHECKING:
     from mcp_bastion.policy.engine import Decision as PolicyDecision
+    from mcp_bastion.scan.results import Finding
     from mcp_bastion.sessions import Session
     from mcp_bastion.upstream.base import Channel, Reply, Upstream
 
@@ -81,6 +82,7 @@ class Exchange:
         "decision",
         "endpoint",
         "era",
+        "findings",
         "http",
         "message",
         "policy_version",
@@ -132,6 +134,8 @@ class Exchange:
     """Set by the driver: a response to the request went back (False for a stream closed without one)."""
     answer_error: int | None
     """Set by the driver: the JSON-RPC error code of that response, when it was an error."""
+    findings: tuple[Finding, ...]
+    """Added to by ``inspect``: what result inspection found (empty until it runs, and for most exchanges)."""
 
     def __init__(self, http: HTTPFacts, endpoint: str, upstream: Upstream, request_id: str) -> None:
         self.http = http
@@ -143,6 +147,7 @@ class Exchange:
         self.batch_index = None
         self.answered = False
         self.answer_error = None
+        self.findings = ()
         self.decision = None
         self.policy_version = None
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.oauth.oidc_client import url_problem
+from mcp_bastion.scan.secrets import pii_detector
 
 ENV_PREFIX = "MCP_BASTION_"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -190,6 +191,57 @@ class AuditSettings(_Model):
     """JSON-lines file; defaults to ``<state_dir>/audit.jsonl``. ``-`` writes to standard output."""
 
 
+_SINK_OPTIONS: Mapping[str, frozenset[str]] = {
+    "path": frozenset({"roots", "allow_relative", "resolve_symlinks"}),
+    "shell": frozenset({"allowed_commands", "refuse_options"}),
+    "sql": frozenset({"dialect", "read_only"}),
+    "sql_identifier": frozenset({"dialect"}),
+    "url": frozenset({"allow_http", "allow_loopback", "allow_private", "allowed_hosts", "allowed_networks"}),
+    "none": frozenset(),
+}
+
+
+class SinkSettings(_Model):
+    """How one tool argument is checked before it reaches its sink (``integrity.sinks``); ``kind = "none"``
+    turns an inferred check off. Each option belongs to one kind; giving it for another is an error."""
+
+    kind: Literal["path", "shell", "sql", "sql_identifier", "url", "none"]
+    roots: tuple[str, ...] = ()
+    """path: absolute POSIX directories the path must stay inside (none: only the lexical checks)."""
+    allow_relative: bool = False
+    """path: accept relative paths as relative to the first root (only if the tool resolves them there)."""
+    resolve_symlinks: bool = True
+    """path: where a root exists on this machine (a local stdio server), also resolve symlinks in it."""
+    allowed_commands: tuple[str, ...] = ()
+    """shell: the commands (argv[0]) allowed; empty: any command without shell metacharacters."""
+    refuse_options: bool = False
+    """shell: refuse every word that starts with '-' (the first word never may)."""
+    dialect: Literal["generic", "ansi", "sqlite", "postgres", "mysql", "mssql"] = "generic"
+    """sql, sql_identifier: how literals and comments are read; generic refuses what any dialect would."""
+    read_only: bool | None = None
+    """sql: allow read statements only (default: when the tool is read-only)."""
+    allow_http: bool = False
+    """url: accept plain http URLs too (only https otherwise)."""
+    allow_loopback: bool = False
+    allow_private: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    """url: names trusted to resolve to internal addresses (never to a cloud metadata address)."""
+    allowed_networks: tuple[str, ...] = ()
+    """url: CIDRs allowed whatever their class (the only way to a cloud metadata address)."""
+
+    @model_validator(mode="after")
+    def _options_of_kind(self) -> SinkSettings:
+        foreign = self.model_fields_set - {"kind"} - _SINK_OPTIONS[self.kind]
+        if foreign:
+            raise ValueError(f"{', '.join(sorted(foreign))} do not apply to kind {self.kind!r}")
+        for root in self.roots:
+            if not root.startswith("/") or {".", ".."} & set(root.split("/")) or "\\" in root or "\x00" in root:
+                raise ValueError(f"roots must be absolute POSIX paths without . or .. segments, got {root!r}")
+        for network in self.allowed_networks:
+            ipaddress.ip_network(network, strict=True)
+        return self
+
+
 class ToolSettings(_Model):
     """What the gateway believes about one tool, whatever its server says."""
 
@@ -199,6 +251,8 @@ class ToolSettings(_Model):
     destructive: bool | None = None
     idempotent: bool | None = None
     open_world: bool | None = None
+    sinks: Mapping[str, SinkSettings] = Field(default_factory=dict)
+    """Argument (name, or JSON pointer with ``*`` for every item) -> its sink check; replaces the inferred one."""
 
 
 class RateLimitSettings(_Model):
@@ -284,10 +338,46 @@ class IntegritySettings(_Model):
     pin_mode: Literal["trust_on_first_use", "strict"] = "trust_on_first_use"
     """``trust_on_first_use``: a tool is pinned the first time it is seen, a later change is quarantined;
     ``strict``: new tools are quarantined too, until an administrator approves them."""
+    scan_definitions: bool = True
+    """Scan every new or changed definition for poisoning (``scan.definitions``); flagged items are
+    quarantined until approved. Turning it off is logged at every start."""
     max_argument_bytes: int = Field(524_288, ge=64, le=64 * 1_048_576)
     """A ``tools/call``'s arguments, serialised, at most this long (the body limit caps the whole message)."""
     max_argument_depth: int = Field(16, ge=2, le=256)
     """Nesting of a ``tools/call``'s arguments (the arguments object itself is depth 1)."""
+
+
+InspectAction = Literal["redact", "block", "annotate", "off"]
+
+
+class InspectSettings(_Model):
+    """Result inspection (``[inspect]``, ``scan.results``): what happens when a tool result, a resource or a
+    prompt carries secrets, PII or injected instructions. Terminal escapes, control and invisible
+    characters are always stripped; an ``outputSchema`` of a pinned tool is always enforced."""
+
+    secrets: InspectAction = "redact"
+    """Credentials (private keys, cloud and API tokens, JWTs, passwords): each becomes ``[REDACTED:<name>]``.
+    ``annotate`` and ``off`` let secrets reach the model (warned about at start)."""
+    pii: InspectAction = "redact"
+    """Action for the PII detectors below; with none configured, nothing is PII."""
+    pii_builtins: tuple[Literal["email", "credit_card", "iban", "us_ssn"], ...] = ()
+    """Built-in PII detectors to switch on (card numbers pass a Luhn check, IBANs their mod-97 check)."""
+    pii_patterns: Mapping[str, str] = Field(default_factory=dict)
+    """Your own PII detectors: name (``[a-z][a-z0-9_]*``) -> Python regular expression."""
+    injection: InspectAction = "annotate"
+    """Text that instructs the model: ``annotate`` keeps it and warns the model (a classifier's score is
+    evidence, not proof: refusing would break honest results about, say, prompt injection); ``block``
+    refuses the result; ``redact`` replaces the text."""
+    injection_threshold: float | None = Field(None, gt=0, le=1)
+    """Score (0..1) from which a text counts as instructions; default: the threshold the shipped model was
+    calibrated with (1% false positives on its development split; ``scripts/eval`` prints the figures)."""
+    max_scan_bytes: int = Field(4 * 1_048_576, ge=1024, le=256 * 1_048_576)
+    """Larger results are refused (``result_blocked_too_large``), never passed unscanned."""
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> InspectSettings:
+        pii_detector(self.pii_builtins, self.pii_patterns)  # raises ValueError naming the bad pattern
+        return self
 
 
 class PolicySettings(_Model):
@@ -391,6 +481,24 @@ class UpstreamSettings(_Model):
         return self
 
 
+class AggregateSettings(_Model):
+    """The aggregate endpoint ``/mcp``: the ``servers`` named here served as one MCP server, their tools and
+    prompts named ``<server>.<name>`` (``asgi.aggregate``). Off unless enabled; every server is named, so a
+    new upstream never joins the tools a model sees through ``/mcp`` by accident."""
+
+    enabled: bool = False
+    servers: tuple[str, ...] = ()
+    """Upstream names, in the order their items are listed (required when enabled)."""
+
+    @model_validator(mode="after")
+    def _servers_named(self) -> AggregateSettings:
+        if self.enabled and not self.servers:
+            raise ValueError("aggregate.enabled needs aggregate.servers (the upstreams it serves)")
+        if len(set(self.servers)) != len(self.servers):
+            raise ValueError(f"aggregate.servers must be unique, got {list(self.servers)}")
+        return self
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=0, le=65535)
@@ -434,7 +542,10 @@ class Settings(_Model):
     policy: PolicySettings = PolicySettings()
     vault: VaultSettings = VaultSettings()
     integrity: IntegritySettings = IntegritySettings()
+    inspect: InspectSettings = InspectSettings()
     upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
+    """Names never contain ``.``: the aggregate endpoint splits ``<server>.<tool>`` at the first one."""
+    aggregate: AggregateSettings = AggregateSettings()
 
     @field_validator("upstreams")
     @classmethod
@@ -442,6 +553,13 @@ class Settings(_Model):
         if not value:
             raise ValueError("configure at least one upstream: [upstreams.<name>]")
         return value
+
+    @model_validator(mode="after")
+    def _aggregate_members_exist(self) -> Settings:
+        unknown = [name for name in self.aggregate.servers if name not in self.upstreams]
+        if unknown:
+            raise ValueError(f"aggregate.servers names unknown upstreams: {unknown}")
+        return self
 
     def warnings(self) -> list[str]:
         """Every weakening option in force, worded for the startup log."""
@@ -479,6 +597,8 @@ class Settings(_Model):
         for issuer in self.auth.issuers:
             if issuer.allow_insecure_http:
                 found.append(f"auth.issuers[{issuer.issuer}].allow_insecure_http = true: JWKS fetched over http")
+        if self.inspect.secrets in ("annotate", "off"):
+            found.append(f"inspect.secrets = {self.inspect.secrets!r}: credentials in results reach the model")
         return found
 
 

@@ -274,8 +274,10 @@ def build_authorization(
     secure: bool,
     scope_policy: ScopePolicy = allow_all,
     kv: KVReader | None = None,
+    extra_resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Authorization:
     """``resources`` maps each endpoint name to its resource URL; the scopes come from the upstream settings.
+    ``extra_resources``: other resource URLs tokens may be issued for (the aggregate ``/mcp``) -> scopes.
     Call ``startup()`` before serving: the signing keys are read from the database there."""
     oauth = settings.oauth
     kv = kv if kv is not None else kv_reader(settings)  # vault: references (see mcp_bastion.secrets)
@@ -285,6 +287,7 @@ def build_authorization(
     signer = key_ring(db, vault, settings)
     revocation = RevocationCache()
     offered = {resources[name]: dict(upstream.scopes) for name, upstream in settings.upstreams.items()}
+    offered.update({url: dict(scopes) for url, scopes in (extra_resources or {}).items()})
     documents = None
     if oauth.client_id_metadata_documents:
         private = oauth.allow_private_metadata_hosts

@@ -64,8 +64,13 @@ def store(gw: RunningGateway) -> CredentialStore:
     return CredentialStore(authorization.db, authorization.vault)
 
 
+# The recording upstream's ``whoami`` echoes the credential it received; result inspection would redact
+# it (as it should for a real tool), so these tests that read it back turn the secret scan off.
+ECHOES_CREDENTIALS = {"secrets": "off"}
+
+
 async def test_two_users_reach_the_upstream_with_their_own_credentials(tmp_path: Path, upstream: Recorder) -> None:
-    async with running_gateway(tmp_path, {"crm": per_user(upstream.url)}) as gw:
+    async with running_gateway(tmp_path, {"crm": per_user(upstream.url)}, inspect=ECHOES_CREDENTIALS) as gw:
         alice_key, alice = await user_token(gw, "alice")
         bob_key, bob = await user_token(gw, "bob")
         _, carol = await user_token(gw, "carol")
@@ -206,7 +211,8 @@ async def test_token_exchange_gives_each_user_a_narrow_token_for_the_upstream(
     client_id, secret = await anyio.to_thread.run_sync(exchange_client, tmp_path)
     monkeypatch.setenv("EXCHANGE_SECRET", secret)
     oauth = {"token_exchange_audiences": {upstream.url: ["crm.read", "crm.write"]}}
-    async with running_gateway(tmp_path, exchanging(upstream, client_id, tmp_path), oauth=oauth) as gw:
+    upstreams = exchanging(upstream, client_id, tmp_path)
+    async with running_gateway(tmp_path, upstreams, oauth=oauth, inspect=ECHOES_CREDENTIALS) as gw:
         _, alice = await user_token(gw, "alice")
         _, bob = await user_token(gw, "bob")
         sent = {}

@@ -4,6 +4,7 @@ Routes are few and fixed, so they are matched by hand (no framework on the hot p
 ~0.05 ms per request, see STACK.md):
 
 - ``/mcp/<server>``: POST, GET, DELETE -> ``MCPEndpoint`` (everything else 405);
+- ``/mcp`` (when enabled): the aggregate endpoint, several servers as one (``asgi.aggregate``);
 - ``/.well-known/oauth-protected-resource/mcp/<server>``: the RFC 9728 document;
 - other fixed JSON documents (the local issuer's JWKS), ``/healthz``;
 - anything else goes to the ``web`` app when there is one (the authorization server's endpoints and its
@@ -24,10 +25,12 @@ import orjson
 from mcp_bastion.asgi.mcp import MCPEndpoint, Receive, Scope, Send
 from mcp_bastion.asgi.render import JSON_HEADERS, error_body
 from mcp_bastion.errors import InternalError, MethodNotAllowed, NotFound
+from mcp_bastion.upstream.aggregate import AGGREGATE
 
 log = logging.getLogger("mcp_bastion.asgi")
 
 MCP_PREFIX = "/mcp/"
+AGGREGATE_PATH = "/mcp"
 MCP_METHODS = frozenset({"POST", "GET", "DELETE"})
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -48,8 +51,10 @@ class BastionApp:
         on_shutdown: Callable[[], Awaitable[None]],
         https: bool = True,
         web: ASGIApp | None = None,
+        aggregate: MCPEndpoint | None = None,
     ) -> None:
         self.mcp = mcp
+        self.aggregate = aggregate
         self.endpoints = frozenset(mcp.upstreams)
         self.documents = dict(documents)
         self.on_startup = on_startup
@@ -85,6 +90,12 @@ class BastionApp:
                     await _plain_error(guarded_send, MethodNotAllowed(), allow=b"GET, POST, DELETE")
                     return
                 await self.mcp(scope, receive, guarded_send, path[len(MCP_PREFIX) :])
+                return
+            if path == AGGREGATE_PATH and self.aggregate is not None:
+                if scope["method"] not in MCP_METHODS:
+                    await _plain_error(guarded_send, MethodNotAllowed(), allow=b"GET, POST, DELETE")
+                    return
+                await self.aggregate(scope, receive, guarded_send, AGGREGATE)
                 return
             document = self.documents.get(path)
             if document is not None:

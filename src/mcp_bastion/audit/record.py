@@ -10,7 +10,9 @@ Fields are stable (tools and tests read them):
   stream ended without an answer);
 - ``status`` (HTTP status sent), ``error_code`` (the JSON-RPC error code when the upstream answered with
   an error), ``latency_ms``;
-- ``detail``: the operator-facing detail of a refusal; never a secret, never sent to the client.
+- ``detail``: the operator-facing detail of a refusal; never a secret, never sent to the client;
+- ``findings`` (only when result inspection found something): ``[{category, name, count}]``, never the
+  text found.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def build_record(exchange: Exchange, *, status: int | None, now: float | None = 
         record["policies"] = list(policies)
     if rejection is not None and rejection.detail:
         record["detail"] = rejection.detail[:MAX_DETAIL]
+    if exchange.findings:
+        record["findings"] = [finding.as_json() for finding in exchange.findings]
     return record
 
 

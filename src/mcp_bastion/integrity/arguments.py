@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
 import jsonschema_rs
@@ -89,21 +89,46 @@ def _close(node: Any) -> None:
             _close(child)
 
 
+def compile_schema(schema: JSONValue) -> Any:
+    """A ``jsonschema-rs`` validator (formats checked, remote ``$ref``s never fetched), or the ``ValueError``
+    saying why ``schema`` cannot be used (cached like a validator: an unusable schema refuses, every time)."""
+    if not isinstance(schema, dict):
+        return ValueError("the schema is not an object")
+    try:
+        return jsonschema_rs.validator_for(schema, validate_formats=True, offline=True)
+    except (jsonschema_rs.ValidationError, ValueError) as exc:
+        return ValueError(str(exc)[:200])
+
+
+@final
+class SchemaCache:
+    """Compiled validators keyed by pinned definition digest (and which schema of it): each schema is
+    compiled once, not per call. Bounded: cleared when full, then refilled by the calls that follow."""
+
+    def __init__(self) -> None:
+        self._validators: dict[str, Any] = {}
+
+    def get(self, key: str, build: Callable[[], Any]) -> Any:
+        """The validator (or ``ValueError``) cached under ``key``, built by ``build()`` on first use."""
+        validator = self._validators.get(key)
+        if validator is None:
+            validator = build()
+            if len(self._validators) >= MAX_CACHE:
+                self._validators.clear()
+            self._validators[key] = validator
+        return validator
+
+
 @final
 class ArgumentChecker:
     """Compiled validators per pinned definition digest."""
 
     def __init__(self) -> None:
-        self._validators: dict[str, Any] = {}
+        self._validators = SchemaCache()
 
     def check(self, tool: str, digest: str, schema: JSONValue, arguments: Mapping[str, JSONValue]) -> None:
         """Raise ``InvalidArguments`` (reason ``arguments_invalid`` or ``tool_schema_unusable``) unless valid."""
-        validator = self._validators.get(digest)
-        if validator is None:
-            validator = self._compile(tool, schema)
-            if len(self._validators) >= MAX_CACHE:
-                self._validators.clear()
-            self._validators[digest] = validator
+        validator = self._validators.get(digest, lambda: self._compile(tool, schema))
         if isinstance(validator, Exception):
             raise InvalidArguments(
                 f"{tool}: its inputSchema cannot be used: {validator}", reason="tool_schema_unusable"
@@ -120,7 +145,4 @@ class ArgumentChecker:
             return ValueError("inputSchema is not an object")
         if schema.get("additionalProperties") not in (None, False):
             logger.info("tool %s accepts arguments it does not declare (its schema allows additionalProperties)", tool)
-        try:
-            return jsonschema_rs.validator_for(closed(schema), validate_formats=True, offline=True)
-        except (jsonschema_rs.ValidationError, ValueError) as exc:
-            return ValueError(str(exc)[:200])
+        return compile_schema(closed(schema))

@@ -9,6 +9,7 @@ from mcp_bastion.pipeline.authenticate import Authenticate
 from mcp_bastion.pipeline.authorize import Authorize
 from mcp_bastion.pipeline.filter import FilterLists
 from mcp_bastion.pipeline.forward import Forward
+from mcp_bastion.pipeline.inspect import InspectResults
 from mcp_bastion.pipeline.parse import Parse
 from mcp_bastion.pipeline.reply import CheckReply
 from mcp_bastion.pipeline.session import Sessions
@@ -17,4 +18,4 @@ from mcp_bastion.pipeline.transport import Transport
 
 ADMISSION_STAGES = (Transport, Authenticate, Parse)
 REQUEST_STAGES = (Sessions, Throttle, Authorize, Forward)
-RESPONSE_STAGES = (CheckReply, FilterLists)
+RESPONSE_STAGES = (CheckReply, FilterLists, InspectResults)

@@ -24,6 +24,7 @@ from mcp_bastion.errors import InvalidArguments, MalformedRequest, MethodDenied,
 from mcp_bastion.exchange import Exchange
 from mcp_bastion.integrity.arguments import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_DEPTH, ArgumentChecker, check_size
 from mcp_bastion.integrity.pins import Kind, PinStore
+from mcp_bastion.integrity.sinks import SinkChecker
 from mcp_bastion.jsonrpc.message import JSONValue, classify
 from mcp_bastion.policy.authorizer import Authorizer, UnknownTool
 from mcp_bastion.policy.entities import Caller
@@ -43,6 +44,7 @@ class Authorize:
         pins: PinStore | None = None,
         max_argument_bytes: int = MAX_ARGUMENT_BYTES,
         max_argument_depth: int = MAX_ARGUMENT_DEPTH,
+        sinks: SinkChecker | None = None,
     ) -> None:
         self.allowed_methods = allowed_methods
         """Endpoint name -> the methods clients may send to it."""
@@ -52,6 +54,8 @@ class Authorize:
         self.max_argument_depth = max_argument_depth
         self.arguments = ArgumentChecker()
         """Every call against its tool's pinned ``inputSchema`` (only where tools are pinned)."""
+        self.sinks = sinks
+        """Then arguments bound for a path, shell, SQL or URL sink (configured, or inferred from the pin)."""
 
     async def __call__(self, exchange: Exchange) -> None:
         message = exchange.maybe_message
@@ -77,6 +81,9 @@ class Authorize:
             try:
                 exchange.decision = self.authorizer.check_call(caller, exchange.endpoint, message, engine)
             except UnknownTool:
+                # A tool the catalog does not know because it is quarantined (never learnt) says so.
+                if self.pins is not None:
+                    refuse_quarantined(self.pins, exchange.endpoint, method, message.params)
                 raise InvalidArguments(f"unknown tool {str(unknown)[:100]!r}", reason="tool_unknown") from None
         name = message.params.get("name")
         pins = self.pins
@@ -96,6 +103,11 @@ class Authorize:
                 arguments = message.params.get("arguments")
                 schema = pin.definition.get("inputSchema", {"type": "object"})
                 self.arguments.check(name, pin.digest, schema, arguments if isinstance(arguments, dict) else {})
+        if method == "tools/call" and self.sinks is not None and isinstance(name, str):
+            pin = pins.pinned(exchange.endpoint, name) if pins is not None else None
+            definition, digest = (pin.definition, pin.digest) if pin is not None else (None, "")
+            arguments = message.params.get("arguments")
+            await self.sinks.check(exchange.endpoint, name, arguments, definition=definition, digest=digest)
 
 
 QUARANTINABLE: Final[Mapping[str, tuple[Kind, str]]] = {

@@ -20,6 +20,7 @@ from mcp_bastion.integrity.pins import KEY, LIST_KINDS, PinStore
 from mcp_bastion.jsonrpc.message import JSONValue, Message
 from mcp_bastion.pipeline.authorize import caller_of
 from mcp_bastion.policy.authorizer import LIST_KEYS, Authorizer
+from mcp_bastion.scan.results import Finding
 from mcp_bastion.upstream.base import Event
 
 
@@ -36,7 +37,9 @@ class FilterLists:
         message = event.message
         if message is not None and message.kind == "notification":
             method = message.method or ""
-            self.promises.broken(exchange.endpoint, method)
+            family = self.promises.broken(exchange.endpoint, method)
+            if family is not None:
+                exchange.findings += (Finding("integrity", f"{family}_list_changed_undeclared", 1),)
             if method == "notifications/tools/list_changed":
                 # What the catalog knows may be stale now: the next call of a tool lists the tools again
                 # (the client, told the same, lists them too, and sees them filtered).

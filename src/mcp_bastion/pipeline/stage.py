@@ -111,6 +111,12 @@ class Gate:
                 async for item in items:
                     yield item
 
+    def run_admitted(self, exchange: Exchange) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
+        """Process one exchange admitted elsewhere (principal and message already set, no admission stages):
+        the request stages, the response stages on each upstream event, one audit record. The aggregate
+        endpoint sends its sub-requests to each real upstream through this (``upstream.aggregate``)."""
+        return self._process(exchange, None)
+
     async def _process(self, exchange: Exchange, on_open: OnOpen | None) -> AsyncGenerator[tuple[Exchange, Outgoing]]:
         refusal: Refusal | None = None
         try:
