@@ -1,11 +1,12 @@
 """The gateway's hop: `tools/call` to a plain `mcp` SDK upstream, direct and through mcp-bastion, same run;
 then the authorization side (`bench.oauth`: token endpoint grants per second, cost of verifying a token);
-then the vault (`bench.vault`: seal/open per call warm, cold loads of each KEK backend).
+then the vault (`bench.vault`: seal/open per call warm, cold loads of each KEK backend); then the content
+defence (`bench.content`: argument check and result inspection per call, in process).
 
     scripts/bench [--quick] [--json FILE] [--reps N] [--seconds S] [--saturate N] [--client auto|wrk|python]
-                  [--oauth-only | --no-oauth] [--vault-only | --no-vault]
+                  [--oauth-only | --no-oauth] [--vault-only | --no-vault] [--content-only | --no-content]
 
-`--oauth-only` and `--vault-only` run only those sections (both may be given).
+`--oauth-only`, `--vault-only` and `--content-only` run only those sections (several may be given).
 
 Starts N echo upstreams (`mcp_bastion.demo.echo`, one process each) and one gateway in front of them with
 its default security (TLS with a local CA, JWT bearer tokens from the built-in issuer, audit log), then
@@ -477,6 +478,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--vault-only", action="store_true", help="only the vault section (~25 s, quick ~10 s; own plan)"
     )
     vault.add_argument("--no-vault", action="store_true", help="skip the vault section")
+    content = parser.add_mutually_exclusive_group()
+    content.add_argument(
+        "--content-only", action="store_true", help="only the content-defence section (~20 s, quick ~8 s)"
+    )
+    content.add_argument("--no-content", action="store_true", help="skip the content-defence section")
     args = parser.parse_args(argv)
     args.reps = args.reps or 3
     args.seconds = args.seconds or (2 if args.quick else 5)
@@ -503,9 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes: list[mcp.Mode] = ["modern"] if args.no_handshake else ["modern", "handshake"]
     estimate = args.reps * len(scenarios) * 2 * (args.seconds + args.warmup)
     tool: Tool | None = None
-    only = args.oauth_only or args.vault_only
+    only = args.oauth_only or args.vault_only or args.content_only
     run_oauth = args.oauth_only or not (only or args.no_oauth)
     run_vault = args.vault_only or not (only or args.no_vault)
+    run_content = args.content_only or not (only or args.no_content)
     if not only:
         if estimate > TOKEN_LIFETIME - 300:
             print(f"scripts/bench: ~{estimate} s of runs outlives the {TOKEN_LIFETIME} s token", file=sys.stderr)
@@ -542,6 +549,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             environment = document.setdefault("environment", {})
             environment.setdefault("cores", os.cpu_count())
             environment.setdefault("python", platform.python_version())
+        if run_content:
+            from bench import content  # imports the detector and the inspect stage: only when it runs
+
+            figures = content.run(quick=args.quick)
+            print()
+            print(content.render(figures))
+            document["content"] = content.document(figures)
         print(f"bench: done in {time.monotonic() - started:.0f} s")
         if args.json:
             args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -91,3 +91,24 @@ def test_settings_are_frozen() -> None:
     settings = parse_settings(UP)
     with pytest.raises(ValueError, match="frozen"):
         settings.server.port = 1  # type: ignore[misc]
+
+
+def test_weakened_content_defences_are_reported() -> None:
+    sinks = {
+        "url": {"kind": "url", "allow_private": True, "allowed_networks": ["169.254.169.254/32"]},
+        "path": {"kind": "path", "roots": ["/srv"], "resolve_symlinks": False},
+        "command": {"kind": "none"},
+        "safe": {"kind": "path", "roots": ["/srv"]},
+    }
+    settings = parse_settings(
+        {
+            "upstreams": {"up": {"url": "https://up.example/mcp", "tools": {"fetch": {"sinks": sinks}}}},
+            "integrity": {"scan_definitions": False},
+        }
+    )
+    joined = "\n".join(settings.warnings())
+    assert "sinks.url: allow_private, allowed_networks" in joined
+    assert "sinks.path: resolve_symlinks = false" in joined
+    assert "sinks.command: kind = none" in joined
+    assert "sinks.safe" not in joined
+    assert "integrity.scan_definitions = false" in joined

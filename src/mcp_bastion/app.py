@@ -230,8 +230,6 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     )
     if pins is None:
         log.warning("tool definitions are not pinned: pinning needs the database (oauth.enabled)")
-    elif not integrity.scan_definitions:
-        log.warning("INSECURE: integrity.scan_definitions is off: poisoned tool descriptions are trusted on first use")
     credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
     linked = oauth_upstreams(settings, authorization, credentials, kv=kv)
     upstreams = {

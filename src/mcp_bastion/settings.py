@@ -597,6 +597,26 @@ class Settings(_Model):
         for issuer in self.auth.issuers:
             if issuer.allow_insecure_http:
                 found.append(f"auth.issuers[{issuer.issuer}].allow_insecure_http = true: JWKS fetched over http")
+        for name, upstream in self.upstreams.items():
+            for tool, overrides in upstream.tools.items():
+                for argument, sink in overrides.sinks.items():
+                    where = f"upstreams.{name}.tools.{tool}.sinks.{argument}"
+                    weakened = [
+                        option
+                        for option, on in (
+                            ("allow_loopback", sink.allow_loopback),
+                            ("allow_private", sink.allow_private),
+                            ("allowed_networks", bool(sink.allowed_networks)),
+                            ("allow_relative", sink.allow_relative),
+                            ("resolve_symlinks = false", not sink.resolve_symlinks),
+                            ("kind = none", sink.kind == "none"),
+                        )
+                        if on
+                    ]
+                    if weakened:
+                        found.append(f"{where}: {', '.join(weakened)} (an argument sink check is weakened)")
+        if not self.integrity.scan_definitions:
+            found.append("integrity.scan_definitions = false: poisoned tool descriptions are trusted on first use")
         if self.inspect.secrets in ("annotate", "off"):
             found.append(f"inspect.secrets = {self.inspect.secrets!r}: credentials in results reach the model")
         return found

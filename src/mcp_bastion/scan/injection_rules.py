@@ -262,19 +262,47 @@ _RULES: Final[tuple[_Rule, ...]] = (
 
 # Secrets: find the sensitive term first (rare in benign text), then look back a short way for a verb that
 # moves or reveals data. Two tiers: files and the conversation itself are strong; generic words are weak.
-_SECRET_STRONG = _rx(
-    # ``\.ssh`` alone: an optional path prefix before it only widened the span, and an optional group at the
-    # start of a pattern makes the engine try it at every position (~10x slower on ordinary text).
-    r"""\.ssh\b | \bid_(?:rsa|dsa|ecdsa|ed25519)\b(?!\.pub)
-      | \bmcp\.json\b | (?<![\w.])\.env\b(?!\.example|\.sample|\.template) | \.aws/ | \baws_secret | \.netrc\b
-      | \.npmrc\b | \.pypirc\b | \.git-credentials | \.docker/config | \.kube/config | /etc/(?:passwd|shadow)\b
-      | \bprivate[\ _]keys?\b | \bseed\ phrase | \b(?:conversation|chat)\ history
-      | \b(?:previous|prior|earlier|past|last|entire|whole|full)\ (?:user\ )?(?:messages?|conversation|chat|prompts?)\b
-      | \bsystem\ prompt | \b(?:your|the)\ (?:initial|original|hidden)\ instructions"""
+# Each term is its own pattern behind its own anchor words: one alternation of all of them costs ~170 ns per
+# character of text (the engine tries every branch at every position) as soon as any common anchor word
+# ("previous", "full", "system") occurs; one small pattern per anchor group, searched only near the anchor
+# (``_windows``), costs a few microseconds.
+_Secret = tuple[frozenset[str], re.Pattern[str]]
+
+
+def _secret(anchors: str, pattern: str) -> _Secret:
+    return frozenset(anchors.split()), _rx(pattern)
+
+
+_SECRET_STRONG: Final[tuple[_Secret, ...]] = (
+    _secret("ssh", r"\.ssh\b"),
+    _secret("id rsa dsa ecdsa ed", r"\bid_(?:rsa|dsa|ecdsa|ed25519)\b(?!\.pub)"),
+    _secret("mcp", r"\bmcp\.json\b"),
+    _secret("env", r"(?<![\w.])\.env\b(?!\.example|\.sample|\.template)"),
+    _secret("aws", r"\.aws/ | \baws_secret"),
+    _secret(
+        "netrc npmrc pypirc credentials docker kube passwd shadow",
+        r"\.netrc\b | \.npmrc\b | \.pypirc\b | \.git-credentials | \.docker/config | \.kube/config"
+        r" | /etc/(?:passwd|shadow)\b",
+    ),
+    _secret("private", r"\bprivate[\ _]keys?\b"),
+    _secret("seed", r"\bseed\ phrase"),
+    _secret("conversation chat", r"\b(?:conversation|chat)\ history"),
+    _secret(
+        "previous prior earlier past last entire whole full",
+        r"\b(?:previous|prior|earlier|past|last|entire|whole|full)\ (?:user\ )?"
+        r"(?:messages?|conversation|chat|prompts?)\b",
+    ),
+    _secret("system", r"\bsystem\ prompt"),
+    _secret("initial original hidden", r"\b(?:your|the)\ (?:initial|original|hidden)\ instructions"),
 )
-_SECRET_WEAK = _rx(
-    r"""\bcredentials?\b | \bapi[\ _-]?keys?\b | \bpasswords?\b | \baccess[\ _]tokens?\b | \bcookies\b
-      | \benvironment\ variables\b | \bsecrets?\b"""
+_SECRET_WEAK: Final[tuple[_Secret, ...]] = (
+    _secret("credential credentials", r"\bcredentials?\b"),
+    _secret("api apikey key keys", r"\bapi[\ _-]?keys?\b"),
+    _secret("password passwords", r"\bpasswords?\b"),
+    _secret("access token tokens", r"\baccess[\ _]tokens?\b"),
+    _secret("cookies", r"\bcookies\b"),
+    _secret("environment", r"\benvironment\ variables\b"),
+    _secret("secret secrets", r"\bsecrets?\b"),
 )
 _MOVE_VERB = _rx(
     r"""\b(?:read|cat|open|load|include|pass|provide|send|attach|copy|paste|upload|share|print|output|reveal|show
@@ -282,63 +310,39 @@ _MOVE_VERB = _rx(
         |exfiltrate|disclose|expose|write)\b"""
 )
 _LOOKBACK = 80
+_REACH: Final = 240
+"""Characters around an anchor word a rule's match may extend over (its longest gap, 80, with room)."""
+_MAX_OCCURRENCES: Final = 24
+"""More occurrences of a rule's anchor words than this: the whole text is searched (windows would cover it)."""
 
 
-_SECRET_STRONG_ANCHORS = frozenset(
-    [
-        "ssh",
-        "id",
-        "rsa",
-        "dsa",
-        "ecdsa",
-        "mcp",
-        "env",
-        "aws",
-        "netrc",
-        "npmrc",
-        "pypirc",
-        "credentials",
-        "docker",
-        "kube",
-        "passwd",
-        "shadow",
-        "private",
-        "seed",
-        "conversation",
-        "chat",
-        "previous",
-        "prior",
-        "earlier",
-        "past",
-        "last",
-        "entire",
-        "whole",
-        "full",
-        "system",
-        "initial",
-        "original",
-        "hidden",
-    ]
-)
-_SECRET_WEAK_ANCHORS = frozenset(
-    [
-        "credential",
-        "credentials",
-        "api",
-        "apikey",
-        "key",
-        "keys",
-        "password",
-        "passwords",
-        "access",
-        "token",
-        "tokens",
-        "cookies",
-        "environment",
-        "secret",
-        "secrets",
-    ]
-)
+def _windows(folded: str, anchors: frozenset[str]) -> list[tuple[int, int]]:
+    """Spans of ``folded`` around each occurrence of an anchor word, merged; the whole text when too many."""
+    spans: list[tuple[int, int]] = []
+    for anchor in anchors:
+        at = folded.find(anchor)
+        while at >= 0:
+            if len(spans) >= _MAX_OCCURRENCES:
+                return [(0, len(folded))]
+            spans.append((max(0, at - _REACH), at + len(anchor) + _REACH))
+            at = folded.find(anchor, at + len(anchor))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for begin, end in spans:
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def _search(pattern: re.Pattern[str], folded: str, anchors: frozenset[str]) -> re.Match[str] | None:
+    """The first match of ``pattern`` near one of ``anchors`` (which must occur in ``folded``)."""
+    for begin, end in _windows(folded, anchors):
+        # ``pos``/``endpos`` keep lookbehinds and ``\b`` seeing the real neighbours at ``begin``.
+        if (m := pattern.search(folded, begin, min(end, len(folded)))) is not None:
+            return m
+    return None
 
 
 def folded_hits(folded: str, words: frozenset[str] | set[str], kind: Kind) -> list[RuleHit]:
@@ -349,19 +353,28 @@ def folded_hits(folded: str, words: frozenset[str] | set[str], kind: Kind) -> li
     """
     hits: list[RuleHit] = []
     for rule in _RULES:
-        if rule.anchors.isdisjoint(words) or (rule.needs and not any(n in folded for n in rule.needs)):
+        present = rule.anchors & words
+        if not present or (rule.needs and not any(n in folded for n in rule.needs)):
             continue
-        if (m := rule.pattern.search(folded)) is not None:
+        if (m := _search(rule.pattern, folded, frozenset(present))) is not None:
             hits.append(RuleHit(rule.category, rule.name, m.start(), m.end(), rule.weight(kind)))
-    for pattern, anchors, name, weights in (
-        (_SECRET_STRONG, _SECRET_STRONG_ANCHORS, "secret_file", (STRONG, 4.0)),
-        (_SECRET_WEAK, _SECRET_WEAK_ANCHORS, "secret_word", (1.5, 1.0)),
+    for secrets, name, weights in (
+        (_SECRET_STRONG, "secret_file", (STRONG, 4.0)),
+        (_SECRET_WEAK, "secret_word", (1.5, 1.0)),
     ):
-        if anchors.isdisjoint(words):
-            continue
-        for m in pattern.finditer(folded):
-            if _MOVE_VERB.search(folded, max(0, m.start() - _LOOKBACK), m.start()) is not None:
+        for anchors, pattern in secrets:
+            present = anchors & words
+            if present and (m := _moved(pattern, folded, frozenset(present))) is not None:
                 weight = weights[0] if kind == "description" else weights[1]
                 hits.append(RuleHit("secrets_request", name, m.start(), m.end(), weight))
                 break
     return hits
+
+
+def _moved(pattern: re.Pattern[str], folded: str, anchors: frozenset[str]) -> re.Match[str] | None:
+    """The first sensitive term near ``anchors`` with a verb that moves data shortly before it."""
+    for begin, end in _windows(folded, anchors):
+        for m in pattern.finditer(folded, begin, min(end, len(folded))):
+            if _MOVE_VERB.search(folded, max(0, m.start() - _LOOKBACK), m.start()) is not None:
+                return m
+    return None
