@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
 
-from mcp_bastion.scan.injection import InjectionDetector
+from mcp_bastion.scan.injection import InjectionDetector, described
 from mcp_bastion.scan.text import hidden_characters
 
 SENSITIVE_PARAMETER: Final = re.compile(
@@ -44,7 +44,7 @@ class DefinitionScan:
 
     def __call__(self, kind: str, definition: Mapping[str, object]) -> list[str]:
         found: list[str] = []
-        for where, text in _described(definition, ""):
+        for where, text in described(definition):
             if not any(char.isspace() for char in text.strip()):
                 # One word (``run_commandArguments``, a title SDKs generate): a name, not prose for the
                 # model; the classifier reads such words as a sentence. Hidden characters still count.
@@ -64,20 +64,6 @@ class DefinitionScan:
             if SENSITIVE_PARAMETER.search(name):
                 found.append(f"secrets_request at {where}: a parameter named for credentials or the conversation")
         return _unique(found)
-
-
-def _described(value: object, path: str) -> Iterator[tuple[str, str]]:
-    """Every ``description`` and ``title`` string, at any depth (schema properties, prompt arguments)."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if key in _DESCRIBED and isinstance(item, str):
-                yield where, item
-            else:
-                yield from _described(item, where)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _described(item, f"{path}[{index}]")
 
 
 def _strings(value: object, path: str) -> Iterator[tuple[str, str]]:

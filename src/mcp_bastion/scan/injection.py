@@ -33,7 +33,16 @@ import orjson
 from mcp_bastion.scan.fold import fold, tag_payload
 from mcp_bastion.scan.injection_rules import STRONG, Category, Kind, RuleHit, folded_hits, raw_hits
 
-__all__ = ["MODEL_RESOURCE", "Category", "Finding", "InjectionDetector", "Kind", "tokens", "window_starts"]
+__all__ = [
+    "MODEL_RESOURCE",
+    "Category",
+    "Finding",
+    "InjectionDetector",
+    "Kind",
+    "described",
+    "tokens",
+    "window_starts",
+]
 
 MODEL_RESOURCE: Final = "injection-model.json"
 """The shipped weights, a package-data file next to this module."""
@@ -163,7 +172,7 @@ class InjectionDetector:
         parameter description is found as well as a poisoned tool description.
         """
         found: list[Finding] = []
-        for location, text in _described(definition, ""):
+        for location, text in described(definition, ""):
             for finding in self.findings(text, kind="description"):
                 found.append(Finding(finding.category, finding.reason, finding.start, finding.end, location))
         return found
@@ -208,17 +217,18 @@ class InjectionDetector:
         return spans[first_token][0], spans[last][1]
 
 
-def _described(value: object, path: str) -> Iterator[tuple[str, str]]:
+def described(value: object, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``description`` and ``title`` string of a definition, at any depth, with where it is."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
             if key in ("description", "title") and isinstance(item, str):
                 yield where, item
             else:
-                yield from _described(item, where)
+                yield from described(item, where)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _described(item, f"{path}[{index}]")
+            yield from described(item, f"{path}[{index}]")
 
 
 def _sigmoid(x: float) -> float:
