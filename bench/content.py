@@ -48,14 +48,32 @@ SCHEMA: dict[str, Any] = {
 }
 DEFINITION: dict[str, Any] = {"name": "read_file", "description": "Read a file.", "inputSchema": SCHEMA}
 ARGUMENTS: dict[str, Any] = {"path": "/srv/data/reports/2026/q3.md", "max_length": 5000, "start_index": 0}
-PARAGRAPH = (
+PROSE = (
     "The quarterly report covers revenue, churn and support volume for the third quarter. Revenue grew by "
     "eight percent over the previous quarter, driven mostly by the enterprise plan, while churn stayed flat "
     "at two percent. Support tickets rose after the September release; most concerned the new export "
-    "format and were closed within a day. The appendix lists every region with its figures and the notes "
-    "of the regional managers, who expect a similar trend in the fourth quarter.\n\n"
+    "format and were closed within a day.\n\n"
+    "Meeting notes, 14 October: attendees were Dana, Luis and Priya. The team agreed to move the data "
+    "migration to the first week of November, after the freeze. Luis will draft the rollback plan and share "
+    "it in the channel by Friday; Priya owns the customer communication and the status page update.\n\n"
+    "Customer feedback this month was mostly positive. Three accounts asked for single sign-on with their "
+    "own identity provider, two reported slow dashboards on large projects, and one wanted a way to archive "
+    "old workspaces instead of deleting them. Product will review the list at the planning session.\n\n"
+    "Infrastructure: the database cluster was upgraded without downtime, backups now run every six hours, "
+    "and the staging environment moved to the new region. Costs fell by eleven percent, mainly because idle "
+    "test machines are now stopped at night and restarted on demand.\n\n"
+    "Next steps: finish the export format fixes, publish the migration schedule, and prepare the annual "
+    "security review. The appendix lists every region with its figures and the notes of the regional "
+    "managers, who expect a similar trend in the fourth quarter and a slight rise in hiring.\n\n"
+    "Hiring: two backend engineers and one designer joined in September; interviews for the data team "
+    "continue. Onboarding now takes three days instead of five, thanks to the new laptop images and the "
+    "shorter checklist. The office in Lisbon opens in January with twelve desks and a small meeting room, "
+    "and the team plans a first gathering there in the spring, budget permitting.\n\n"
+    "Open questions: whether to keep the legacy API beyond March, how to price the new analytics add-on, "
+    "and which partners to invite to the beta. Each has an owner and a date in the tracker.\n"
 )
-TEXT = (PARAGRAPH * 5)[:2048]
+TEXT = PROSE[:2048]
+"""2 KB of varied prose (report, notes, feedback): what a typical document-reading tool returns."""
 RECORDS = orjson.dumps(
     [
         {"id": f"C{i:03d}", "name": f"Customer {i}", "region": "eu", "plan": "enterprise", "seats": 40 + i}

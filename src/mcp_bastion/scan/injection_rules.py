@@ -310,8 +310,8 @@ _MOVE_VERB = _rx(
         |exfiltrate|disclose|expose|write)\b"""
 )
 _LOOKBACK = 80
-_REACH: Final = 240
-"""Characters around an anchor word a rule's match may extend over (its longest gap, 80, with room)."""
+_REACH: Final = 160
+"""Characters around an anchor word a rule's match may extend over (its gaps, up to 120, with room)."""
 _MAX_OCCURRENCES: Final = 24
 """More occurrences of a rule's anchor words than this: the whole text is searched (windows would cover it)."""
 
