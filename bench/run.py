@@ -5,8 +5,9 @@ defence (`bench.content`: argument check and result inspection per call, in proc
 
     scripts/bench [--quick] [--json FILE] [--reps N] [--seconds S] [--saturate N] [--client auto|wrk|python]
                   [--oauth-only | --no-oauth] [--vault-only | --no-vault] [--content-only | --no-content]
+                  [--sandbox-only | --no-sandbox]
 
-`--oauth-only`, `--vault-only` and `--content-only` run only those sections (several may be given).
+`--oauth-only`, `--vault-only`, `--content-only` and `--sandbox-only` run only those sections (several may be given).
 
 Starts N echo upstreams (`mcp_bastion.demo.echo`, one process each) and one gateway in front of them with
 its default security (TLS with a local CA, JWT bearer tokens from the built-in issuer, audit log), then
@@ -483,6 +484,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--content-only", action="store_true", help="only the content-defence section (~20 s, quick ~8 s)"
     )
     content.add_argument("--no-content", action="store_true", help="skip the content-defence section")
+    sandbox = parser.add_mutually_exclusive_group()
+    sandbox.add_argument(
+        "--sandbox-only", action="store_true", help="only the stdio sandbox section (~40 s, quick ~15 s)"
+    )
+    sandbox.add_argument("--no-sandbox", action="store_true", help="skip the stdio sandbox section")
     args = parser.parse_args(argv)
     args.reps = args.reps or 3
     args.seconds = args.seconds or (2 if args.quick else 5)
@@ -509,10 +515,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes: list[mcp.Mode] = ["modern"] if args.no_handshake else ["modern", "handshake"]
     estimate = args.reps * len(scenarios) * 2 * (args.seconds + args.warmup)
     tool: Tool | None = None
-    only = args.oauth_only or args.vault_only or args.content_only
+    only = args.oauth_only or args.vault_only or args.content_only or args.sandbox_only
     run_oauth = args.oauth_only or not (only or args.no_oauth)
     run_vault = args.vault_only or not (only or args.no_vault)
     run_content = args.content_only or not (only or args.no_content)
+    run_sandbox = args.sandbox_only or not (only or args.no_sandbox)
     if not only:
         if estimate > TOKEN_LIFETIME - 300:
             print(f"scripts/bench: ~{estimate} s of runs outlives the {TOKEN_LIFETIME} s token", file=sys.stderr)
@@ -556,6 +563,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print()
             print(content.render(figures))
             document["content"] = content.document(figures)
+        if run_sandbox:
+            from bench import sandbox  # spawns bwrap: only when it runs
+
+            sides = sandbox.run(quick=args.quick)
+            print()
+            print(sandbox.render(sides))
+            document["sandbox"] = sandbox.document(sides)
         print(f"bench: done in {time.monotonic() - started:.0f} s")
         if args.json:
             args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

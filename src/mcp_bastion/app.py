@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.integrity.pins import PinStore
 from mcp_bastion.integrity.sinks import SinkChecker
+from mcp_bastion.jsonrpc.message import JSONObject
 from mcp_bastion.jsonrpc.methods import DEFAULT_CLIENT_METHODS
 from mcp_bastion.oauth.access_token import AccessTokenVerifier, TrustedIssuer
 from mcp_bastion.oauth.jwks import KeySet, KeySource, RemoteKeySet
@@ -51,6 +53,8 @@ from mcp_bastion.policy.authorizer import Authorizer, ScopeGrants
 from mcp_bastion.policy.catalog import ToolCatalog
 from mcp_bastion.policy.ratelimit import Buckets, MemoryBuckets, Rate, RedisBuckets
 from mcp_bastion.policy.store import PolicyStore
+from mcp_bastion.sandbox.launch import Sandbox
+from mcp_bastion.sandbox.profile import SandboxSettings
 from mcp_bastion.scan.definitions import DefinitionScan
 from mcp_bastion.scan.injection import InjectionDetector
 from mcp_bastion.scan.results import Actions, ResultInspector
@@ -233,7 +237,7 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
     credentials = CredentialStore(authorization.db, authorization.vault) if authorization is not None else None
     linked = oauth_upstreams(settings, authorization, credentials, kv=kv)
     upstreams = {
-        name: build_upstream(name, up, settings, credentials, kv=kv, auth=linked.get(name))
+        name: build_upstream(name, up, settings, credentials, kv=kv, auth=linked.get(name), audit=audit_sink.emit)
         for name, up in settings.upstreams.items()
     }
     sessions = SessionStore(
@@ -440,6 +444,7 @@ def build_upstream(
     *,
     kv: KVReader | None = None,
     auth: UpstreamAuth | None = None,
+    audit: Callable[[JSONObject], None] | None = None,
 ) -> Upstream:
     limits = root.limits
     if auth is None:
@@ -461,15 +466,35 @@ def build_upstream(
             auth=auth,
         )
     assert settings.command is not None
+    profile = settings.sandbox
+    # Values may be references (env:, file:, vault:): a secret is injected into the child, never inherited.
+    env = {key: resolve_reference(value, f"upstreams.{name}.env.{key}", kv=kv) for key, value in settings.env.items()}
     return StdioUpstream(
         name,
         settings.command,
-        env=settings.env,
+        env=env,
         cwd=settings.cwd,
         max_message_bytes=limits.max_upstream_message_bytes,
         max_json_depth=limits.max_json_depth,
-        request_timeout=limits.upstream_timeout,
+        request_timeout=min(limits.upstream_timeout, profile.call_timeout_seconds)
+        if profile.strict
+        else limits.upstream_timeout,
+        sandbox=build_sandbox(name, profile, root.server.state_dir, audit) if profile.strict else None,
     )
+
+
+def build_sandbox(
+    name: str, profile: SandboxSettings, state_dir: Path, audit: Callable[[JSONObject], None] | None
+) -> Sandbox:
+    """A stdio upstream's strict sandbox, with its egress proxy when the profile reaches the network."""
+    egress = None
+    if profile.network == "proxy":
+        try:
+            proxy = importlib.import_module("mcp_bastion.sandbox.egress")
+        except ImportError as exc:
+            raise ConfigError(f'upstreams.{name}.sandbox: network = "proxy" needs the egress proxy: {exc}') from exc
+        egress = proxy.EgressProxy(name, profile.egress, audit, state_dir.absolute())
+    return Sandbox(name, profile, state_dir=state_dir, egress=egress)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.oauth.oidc_client import url_problem
+from mcp_bastion.sandbox.profile import SandboxSettings
 from mcp_bastion.scan.secrets import pii_detector
 
 ENV_PREFIX = "MCP_BASTION_"
@@ -460,6 +461,8 @@ class UpstreamSettings(_Model):
     tools: Mapping[str, ToolSettings] = Field(default_factory=dict)
     """Per-tool overrides of what the server declares (annotations are the server's claims, not facts)."""
     auth: UpstreamAuthSettings = UpstreamAuthSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    """How a stdio server is confined (``sandbox.profile``): strict unless ``"dangerously_disabled"``."""
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamSettings:
@@ -569,6 +572,11 @@ class Settings(_Model):
         if self.server.dangerously_allow_unauthenticated:
             found.append("server.dangerously_allow_unauthenticated = true: anyone on loopback can call tools")
         for name, upstream in self.upstreams.items():
+            if upstream.command is not None and not upstream.sandbox.strict:
+                found.append(
+                    f'upstreams.{name}.sandbox = "dangerously_disabled": the local server runs unconfined, with '
+                    "the gateway's rights (its files, keys, network)"
+                )
             if upstream.allow_insecure_http:
                 found.append(f"upstreams.{name}.allow_insecure_http = true: upstream traffic is not encrypted")
             if upstream.allow_methods:

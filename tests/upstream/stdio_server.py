@@ -4,7 +4,8 @@ At startup it prints one junk line on stdout (before the SDK claims the pipe) an
 Tools (arguments in brackets):
 
     echo [text]            returns text
-    pid                    returns the child's process id
+    pid                    returns the child's process id and a tag drawn at its start (a sandboxed child
+                           has its own PID namespace, where every child is pid 2)
     env                    returns the child's environment variable names, comma-separated
     gather [tag, group, size, notify]
                            progress "tag" once `size` calls of `group` run together (and, with `notify`,
@@ -36,6 +37,8 @@ from mcp.server.stdio import stdio_server
 Ctx = ServerRequestContext[Any, Any]
 
 TOOL_NAMES = ("echo", "pid", "env", "gather", "slow", "was_cancelled", "hang", "ask", "big", "crash")
+
+TAG = os.urandom(4).hex()
 
 cancelled: defaultdict[str, anyio.Event] = defaultdict(anyio.Event)
 groups: defaultdict[str, list[anyio.Event]] = defaultdict(list)
@@ -76,7 +79,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
         case "echo":
             return _text(str(args["text"]))
         case "pid":
-            return _text(str(os.getpid()))
+            return _text(f"{os.getpid()}-{TAG}")
         case "env":
             return _text(",".join(sorted(os.environ)))
         case "gather":

@@ -381,7 +381,7 @@ async def test_a_second_listener_replaces_the_first(upstream: StdioUpstream) -> 
 
 async def test_closing_a_session_stops_its_child_and_fails_its_requests(upstream: StdioUpstream) -> None:
     channel = await session(upstream)
-    pid = int(text(await call(channel, tool_call(2, "pid"))))
+    pid = int(text(await call(channel, tool_call(2, "pid"))).split("-")[0])  # "<pid>-<tag>"
     # `hang` never answers, not even the "Connection closed" error the SDK sends for in-flight requests
     # when its stdin ends: the stop has to escalate to SIGTERM, and the request has to be failed by us.
     reply = await send(channel, tool_call(3, "hang", {"progressToken": 1}))
@@ -399,7 +399,8 @@ async def test_closing_the_upstream_stops_every_child() -> None:
     up = make_upstream()
     channels = [await up.open_session(ALICE), await up.stateless(BOB)]
     await handshake(channels[0])
-    pids = [int(text(await call(c, tool_call(2, "pid", None if i == 0 else MODERN)))) for i, c in enumerate(channels)]
+    tagged = [text(await call(c, tool_call(2, "pid", None if i == 0 else MODERN))) for i, c in enumerate(channels)]
+    pids = [int(answer.split("-")[0]) for answer in tagged]  # "<pid>-<tag>"
     with anyio.fail_after(WAIT):
         await up.aclose()
     for pid in pids:

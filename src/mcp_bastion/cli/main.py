@@ -1,5 +1,5 @@
 """The ``mcp-bastion`` command: ``serve``, ``token``, ``demo``, ``check-config`` and the groups ``users``,
-``clients``, ``keys``, ``policy``, ``vault``, ``credentials``, ``pins``."""
+``clients``, ``keys``, ``policy``, ``vault``, ``credentials``, ``pins``, ``sandbox``."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from mcp_bastion.cli import clients, credentials, keys, pins, policy, users, vault
+    from mcp_bastion.cli import clients, credentials, keys, pins, policy, sandbox, users, vault
 
     app.add_typer(users.app, name="users")
     app.add_typer(clients.app, name="clients")
@@ -134,6 +134,7 @@ def _register_groups() -> None:
     app.add_typer(vault.app, name="vault")
     app.add_typer(credentials.app, name="credentials")
     app.add_typer(pins.app, name="pins")
+    app.add_typer(sandbox.app, name="sandbox")
 
 
 _register_groups()

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -37,6 +37,9 @@ from mcp_bastion.errors import MalformedRequest, UpstreamError, UpstreamTimeout
 from mcp_bastion.jsonrpc.message import JSONObject, Message, RequestId, parse_message
 from mcp_bastion.upstream.base import Event, Reply, no_events
 from mcp_bastion.upstream.process import LOG_LINE_CHARS, ChildProcess, Supervisor, logger
+
+if TYPE_CHECKING:
+    from mcp_bastion.sandbox.launch import Sandbox
 
 BACKLOG: Final = 100
 """Unsolicited child messages kept while no stream is open to carry them."""
@@ -72,6 +75,9 @@ class LinkSettings(Protocol):
     def restart_backoff(self) -> Sequence[float]: ...
     @property
     def idle_seconds(self) -> float: ...
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """Sandboxed children are killed when a request outlives its wall-clock budget (``request_timeout``)."""
 
 
 class EventStream:
@@ -167,7 +173,13 @@ class Link:
     async def _spawn(self) -> ChildProcess:
         up = self._up
         return await ChildProcess.spawn(
-            up.name, up.command, env=up.env, cwd=up.cwd, limit=up.max_message_bytes, write_timeout=up.request_timeout
+            up.name,
+            up.command,
+            env=up.env,
+            cwd=up.cwd,
+            limit=up.max_message_bytes,
+            write_timeout=up.request_timeout,
+            sandbox=up.sandbox,
         )
 
     async def aclose(self) -> None:
@@ -275,6 +287,11 @@ class Link:
                 pending.internal.set_exception(error)
             return
         pending.stream.finish(error)
+        if self._up.sandbox is not None:
+            # The call's wall-clock budget is spent: the server is stopped, not asked (it may not listen).
+            logger.warning("%s: child %d killed: %s", self._up.name, pending.child.pid, error.detail)
+            pending.child.kill()
+            return
         self._background(self._cancel_upstream(pending, "timed out"))
 
     async def _cancel_upstream(self, pending: Pending, reason: str) -> None:

@@ -25,9 +25,12 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from mcp_bastion.errors import UpstreamError, UpstreamTimeout
+from mcp_bastion.errors import ConfigError, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from mcp_bastion.sandbox.launch import Launch, Sandbox
 
 # The operator reads one logger for everything a stdio upstream does, whichever module logs it.
 logger = logging.getLogger("mcp_bastion.upstream.stdio")
@@ -79,8 +82,12 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
 class ChildProcess:
     """One spawned child: its pipes, its stderr pump, serialised writes, a bounded stop."""
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process, *, write_timeout: float) -> None:
+    def __init__(
+        self, name: str, process: asyncio.subprocess.Process, *, write_timeout: float, launch: Launch | None = None
+    ) -> None:
         self.name = name
+        self._launch = launch
+        """The sandbox this child runs in (its pids cgroup is removed once the child is gone)."""
         self.pid = process.pid
         self.alive = True
         """False once its stdout ended or its stop began: writes are refused from then on."""
@@ -102,23 +109,42 @@ class ChildProcess:
         cwd: Path | None,
         limit: int,
         write_timeout: float,
+        sandbox: Sandbox | None = None,
     ) -> ChildProcess:
+        argv, environment, launch = list(command), child_environment(env), None
+        if sandbox is not None:
+            # bwrap runs in the gateway's directory; the server's own cwd is set inside (--chdir).
+            try:
+                launch = sandbox.prepare(command, environment, cwd)
+            except (ConfigError, OSError) as exc:
+                detail = exc.detail if isinstance(exc, ConfigError) else str(exc)
+                raise UpstreamError(
+                    f"{name}: cannot sandbox {command[0]!r}: {detail}", reason="upstream_crashed"
+                ) from exc
+            argv, environment, cwd = launch.argv, launch.env, None
         try:
             process = await asyncio.create_subprocess_exec(
-                *command,
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=child_environment(env),
+                env=environment,
                 cwd=cwd,
                 limit=limit,
                 # Own session and process group: SIGTERM/SIGKILL on stop reach the grandchildren too, and a
                 # Ctrl-C meant for the gateway's terminal does not kill the children behind its back.
                 start_new_session=True,
+                pass_fds=launch.pass_fds if launch is not None else (),
+                preexec_fn=launch.preexec if launch is not None else None,  # joins the sandbox's pids cgroup
             )
         except OSError as exc:
+            if launch is not None:
+                launch.cleanup()
             raise UpstreamError(f"{name}: cannot start {command[0]!r}: {exc}", reason="upstream_crashed") from exc
-        return cls(name, process, write_timeout=write_timeout)
+        finally:
+            if launch is not None:
+                launch.close_fds()
+        return cls(name, process, write_timeout=write_timeout, launch=launch)
 
     @property
     def returncode(self) -> int | None:
@@ -185,6 +211,8 @@ class ChildProcess:
             self._stderr.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stderr
+            if self._launch is not None:
+                self._launch.cleanup()
             return process.returncode
 
     def kill(self) -> None:

@@ -21,7 +21,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mcp_bastion.errors import ConfigError, MethodNotAllowed, UpstreamError
 from mcp_bastion.exchange import Principal
@@ -29,6 +29,9 @@ from mcp_bastion.jsonrpc.message import Message
 from mcp_bastion.upstream.base import Channel, Reply
 from mcp_bastion.upstream.link import Link
 from mcp_bastion.upstream.process import child_environment
+
+if TYPE_CHECKING:
+    from mcp_bastion.sandbox.launch import Sandbox
 
 DEFAULT_BACKOFF: Final = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 """Seconds before each restart of a crashed child; a crash after the last step breaks the channel."""
@@ -49,6 +52,7 @@ class StdioUpstream:
         request_timeout: float,
         restart_backoff: Sequence[float] = DEFAULT_BACKOFF,
         idle_seconds: float = 600,
+        sandbox: Sandbox | None = None,
     ) -> None:
         if not command:
             raise ConfigError(f"upstream {name}: the command is empty")
@@ -61,6 +65,8 @@ class StdioUpstream:
         self.request_timeout = request_timeout
         self.restart_backoff = tuple(restart_backoff)
         self.idle_seconds = idle_seconds
+        self.sandbox = sandbox
+        """Strict profile: each child runs in it, and is killed when a request outlives ``request_timeout``."""
         self._sessions: set[Link] = set()
         self._principals: dict[str, Link] = {}
         self._reaping: set[asyncio.Task[None]] = set()
@@ -76,6 +82,10 @@ class StdioUpstream:
             usable = shutil.which(program, path=child_environment(self.env)["PATH"]) is not None
         if not usable:
             raise ConfigError(f"upstream {self.name}: command {program!r} not found or not executable")
+        if self.sandbox is not None:
+            # Fail closed now, naming what is missing, rather than at the first request.
+            await self.sandbox.check()
+            self.sandbox.plan(self.command, child_environment(self.env), self.cwd)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -83,6 +93,8 @@ class StdioUpstream:
         self._sessions.clear()
         self._principals.clear()
         await asyncio.gather(*(link.aclose() for link in links), *self._reaping)
+        if self.sandbox is not None:
+            await self.sandbox.aclose()
 
     async def open_session(self, principal: Principal) -> Channel:
         self._check_open()

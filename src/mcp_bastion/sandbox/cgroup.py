@@ -1,0 +1,83 @@
+"""A pids cgroup per sandboxed child: the fork-bomb limit that holds when the gateway runs as root.
+
+RLIMIT_NPROC is not enforced for the real root user (kernel/fork.c exempts INIT_USER), and a user
+namespace does not change the real user, so a gateway running as root caps a server's processes with the
+pids controller instead: ``<pids hierarchy>/mcp-bastion/<upstream>-<n>/pids.max``. The child joins its
+group between fork and exec (``join``, run by ``subprocess`` in the child), so nothing it starts escapes.
+cgroup v1 (``/sys/fs/cgroup/pids``) and v2 (``/sys/fs/cgroup`` with the pids controller) both work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from pathlib import Path
+from typing import Final
+
+ROOTS: Final = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+_counter = itertools.count(1)
+
+
+def pids_root() -> Path | None:
+    """The writable pids hierarchy this process may create groups in, if any."""
+    for root in ROOTS:
+        own = _own_group(root)
+        if own is None:
+            continue
+        parent = root / own.lstrip("/")
+        if root.name == "pids":
+            usable = (parent / "cgroup.procs").exists()
+        else:
+            # cgroup v2: the pids controller must be delegated to the children of our group.
+            try:
+                usable = "pids" in (parent / "cgroup.subtree_control").read_text().split()
+            except OSError:
+                usable = False
+        if usable and os.access(parent, os.W_OK):
+            return parent
+    return None
+
+
+def _own_group(root: Path) -> str | None:
+    """This process's group in the hierarchy mounted at ``root`` (from /proc/self/cgroup)."""
+    if not root.is_dir():
+        return None
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if (root.name == "pids" and "pids" in controllers.split(",")) or (root.name == "cgroup" and controllers == ""):
+            return group
+    return None
+
+
+class PidsGroup:
+    """One child's pids group: created before the spawn, joined by the child, removed after it exits."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        path.mkdir(mode=0o700)
+        (path / "pids.max").write_text(str(limit))
+        self.path = path
+        self._procs = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+    @classmethod
+    def create(cls, name: str, limit: int) -> PidsGroup | None:
+        root = pids_root()
+        if root is None:
+            return None
+        base = root / "mcp-bastion"
+        base.mkdir(mode=0o700, exist_ok=True)
+        return cls(base / f"{name}-{os.getpid()}-{next(_counter)}", limit)
+
+    def join(self) -> None:
+        """Move the calling process into the group (runs in the child between fork and exec)."""
+        os.write(self._procs, b"0")
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._procs)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()

@@ -1,0 +1,706 @@
+"""The egress proxy of one sandboxed server: an HTTP proxy on a Unix socket that lets the server reach only
+the ``host:port`` pairs its profile names, and audits every decision.
+
+The sandbox's network namespace has only loopback; ``forwarder`` relays 127.0.0.1:3128 inside it to this
+socket, bound into the sandbox, so the proxy is the only way out. It speaks the two forms proxy clients
+use (RFC 9110 §9.3.6, RFC 9112 §3.2.2): ``CONNECT host:port`` for TLS tunnels, and plain HTTP requests in
+absolute form (``GET http://host/path``), forwarded one request per connection.
+
+Invariants:
+- the allow-list is checked on the name the client sent, before any DNS lookup: a name that is not
+  listed is never resolved, so DNS itself cannot carry data out;
+- names are resolved here, through ``netguard.check_host``, and the connection goes to an address it
+  vetted, never to a second lookup (DNS rebinding); loopback, private, link-local, CGNAT and metadata
+  addresses are refused unless ``allowed_networks`` (or ``allow_private``) opens them;
+- IP literals pass only when listed literally, in ``netguard``'s canonical form (``2130706433``,
+  ``127.1`` and ``[::ffff:127.0.0.1]`` are not ``127.0.0.1``);
+- a plain HTTP request reaches the origin with the client's Host (which must agree with the URL), without
+  ``Proxy-Authorization`` or hop-by-hop fields, framed by the proxy; bytes after its body (a pipelined or
+  smuggled second request) are never forwarded;
+- every connection that sent a byte ends in exactly one audit record (refusals as soon as decided,
+  tunnels when they close, with bytes up and down), also written to the operator log;
+- heads, connection count, the time to send a head, to connect and to stay idle are all bounded.
+
+Refusals are answered ``403`` (or ``400``/``408``/``431``/``502``/``503``/``504``) with a short reason in
+the body and an RFC 9209 ``Proxy-Status`` field. They are this module's own ``_Refused``: the proxy renders
+them itself, as a proxy must; they never reach the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import httptools
+
+from mcp_bastion.errors import ConfigError
+from mcp_bastion.netguard import RESOLVE_TIMEOUT, Address, Policy, SSRFBlocked, check_host, networks, parse_host
+
+if TYPE_CHECKING:
+    from mcp_bastion.jsonrpc.message import JSONObject
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE: Final = 65_536
+"""Bytes read from a socket at a time (and so the most body a single read can buffer)."""
+MAX_DETAIL: Final = 512
+_SOCKET_PATH_MAX: Final = 107
+"""``sun_path`` holds 108 bytes with the terminating NUL."""
+
+
+@dataclass(frozen=True, slots=True)
+class EgressLimits:
+    """Bounds on what one sandboxed server can make the proxy hold."""
+
+    max_head_bytes: int = 16_384
+    """Request line plus header fields."""
+    max_headers: int = 100
+    head_timeout: float = 10.0
+    """Seconds a client has to send its whole request head (slowloris)."""
+    connect_timeout: float = 10.0
+    """Seconds for the DNS lookup and the TCP connect together."""
+    idle_timeout: float = 300.0
+    """Seconds a tunnel or request may pass with no byte moving either way."""
+    max_connections: int = 64
+    """Concurrent client connections (tunnels and requests in progress, heads being read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """Compiled ``host:port`` entries: exact names, ``*.suffix`` names (any depth below the suffix, not the
+    suffix itself) and IP literals (matched only by the same address written as a literal)."""
+
+    names: frozenset[tuple[str, int]] = frozenset()
+    suffixes: frozenset[tuple[str, int]] = frozenset()
+    """``(".example.com", 443)`` for ``*.example.com:443``."""
+    addresses: frozenset[tuple[Address, int]] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: Sequence[str]) -> AllowList:
+        """``ConfigError`` naming the entry when one is not ``host:port``."""
+        names: set[tuple[str, int]] = set()
+        suffixes: set[tuple[str, int]] = set()
+        addresses: set[tuple[Address, int]] = set()
+        for entry in entries:
+            wildcard = entry.startswith("*.")
+            target = _authority(entry.removeprefix("*.") if wildcard else entry, default_port=None)
+            host = None if target is None else _host(target[0])
+            if target is None or host is None or (wildcard and not isinstance(host, str)):
+                raise ConfigError(f"sandbox egress entry {entry!r}: expected host:port or *.domain:port")
+            if isinstance(host, str):
+                (suffixes if wildcard else names).add(("." + host if wildcard else host, target[1]))
+            else:
+                addresses.add((host, target[1]))
+        return cls(frozenset(names), frozenset(suffixes), frozenset(addresses))
+
+    def allows(self, host: Address | str, port: int) -> bool:
+        """Is ``host`` (as ``_host`` normalises it) at ``port`` on the list?"""
+        if not isinstance(host, str):
+            return (host, port) in self.addresses
+        return (host, port) in self.names or any(host.endswith(suffix) and p == port for suffix, p in self.suffixes)
+
+
+_AUTHORITY: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:@/?#\s]+)(?::([0-9]{1,5}))?")
+_ABSOLUTE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)")
+_HOP_BY_HOP: Final = frozenset(
+    b"connection keep-alive proxy-connection proxy-authorization proxy-authenticate te trailer upgrade "
+    b"transfer-encoding content-length host".split()
+)
+"""Not passed to the origin: hop-by-hop fields (RFC 9110 §7.6.1), the proxy's own credentials, and the
+fields the proxy sets itself (``Host``, framing)."""
+
+
+def _authority(text: str, *, default_port: int | None) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host[:port]`` (IPv6 in brackets); None when malformed or the port is missing."""
+    match = _AUTHORITY.fullmatch(text)
+    if match is None or (match[2] is None and default_port is None):
+        return None
+    port = int(match[2]) if match[2] is not None else default_port
+    return (match[1], port) if port is not None and 0 < port < 65536 else None
+
+
+def _host(text: str) -> Address | str | None:
+    """The address of a canonical IP literal, or the lower-case name without a trailing dot; None if
+    ``netguard.parse_host`` refuses it."""
+    try:
+        parsed = parse_host(text)
+    except SSRFBlocked:
+        return None
+    return parsed.removesuffix(".") if isinstance(parsed, str) else parsed
+
+
+class _Refused(Exception):
+    """The proxy refuses: answer ``status`` with ``reason`` and close."""
+
+    def __init__(self, status: int, reason: str, detail: str = "", *, address: Address | None = None) -> None:
+        super().__init__(detail or reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.address = address
+
+
+class _Idle(Exception):
+    """No byte moved either way for ``idle_timeout`` seconds."""
+
+
+_PROXY_STATUS: Final = {
+    400: "http_request_error",
+    408: "http_request_error",
+    431: "http_request_error",
+    503: "connection_limit_reached",
+    504: "connection_timeout",
+}
+"""RFC 9209 §2.3 error types; 403 is ``http_request_denied`` or ``destination_ip_prohibited``."""
+
+
+def _refusal_response(refused: _Refused) -> bytes:
+    if refused.reason.startswith("address_"):
+        error = "destination_ip_prohibited"
+    elif refused.reason == "resolve_failed":
+        error = "dns_error"
+    elif refused.reason == "connect_failed":
+        error = "connection_refused"
+    else:
+        error = _PROXY_STATUS.get(refused.status, "http_request_denied")
+    phrase = HTTPStatus(refused.status).phrase
+    body = f"{refused.status} {phrase}: {refused.reason}\n".encode()
+    return (
+        f"HTTP/1.1 {refused.status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        f'Proxy-Status: mcp-bastion; error={error}; details="{refused.reason}"\r\nConnection: close\r\n\r\n'
+    ).encode() + body
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, sockaddr: tuple[str, int]) -> None:
+    """``connect()`` a non-blocking socket to a numeric address. Not ``loop.sock_connect``: uvloop's asks
+    ``loop.getaddrinfo`` about the address first, and this module resolves each name exactly once."""
+    try:
+        sock.connect(sockaddr)
+        return
+    except BlockingIOError:
+        pass
+    writable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(sock.fileno(), ready)
+    try:
+        await writable
+    finally:
+        loop.remove_writer(sock.fileno())
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+
+
+LINGER: Final = 1.0
+"""Seconds a refusal waits for the client to stop sending (up to ``READ_SIZE`` bytes more) before closing."""
+
+
+async def _answer_and_linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
+    """Send ``answer`` and end our side, then read what the client still sends for a moment: closing a
+    socket with unread input resets the connection, and the client would lose the answer."""
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(LINGER):
+            writer.write(answer)
+            if writer.can_write_eof():
+                writer.write_eof()
+            await writer.drain()
+            received = 0
+            while received < READ_SIZE and (data := await reader.read(READ_SIZE)):
+                received += len(data)
+
+
+class _Request:
+    """httptools callbacks for the first request on a connection; later requests are ignored."""
+
+    def __init__(self, limits: EgressLimits) -> None:
+        self._limits = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.method = ""
+        self.version = ""
+        self.url = bytearray()
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.too_large = False
+        self.head_done = False
+        self.complete = False
+        self.body: list[bytes] = []
+        self._begun = False
+        self._ignoring = False
+
+    def on_message_begin(self) -> None:
+        self._ignoring = self._begun
+        self._begun = True
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        if not self._ignoring:
+            self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)
+        if not self._ignoring and not self.too_large:
+            self.headers.append((name, value))
+            self.too_large = len(self.headers) > self._limits.max_headers
+
+    def _grow(self, size: int) -> None:
+        if not self._ignoring:
+            self.head_size += size
+            self.too_large = self.too_large or self.head_size > self._limits.max_head_bytes
+
+    def on_headers_complete(self) -> None:
+        if not self._ignoring and not self.head_done:
+            # Now, not after feed_data: by then the parser may be inside a pipelined second request.
+            self.method = self.parser.get_method().decode("ascii", "replace")
+            self.version = self.parser.get_http_version()
+            self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._ignoring:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = self.complete or not self._ignoring
+
+    def values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key.lower() == name]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """An allowed request: the origin, the bytes to send it first, and how to carry the rest."""
+
+    host: Address | str
+    port: int
+    first: bytes
+    """A CONNECT's bytes that came with its head, or a plain request's head for the origin."""
+    tunnel: bool
+    chunked: bool = False
+
+
+@dataclass(slots=True)
+class _Flow:
+    """What the audit record of one connection says; filled in as the connection goes."""
+
+    started: float = field(default_factory=time.monotonic)
+    received: int = 0
+    method: str | None = None
+    host: str | None = None
+    port: int | None = None
+    address: str | None = None
+    decision: Literal["allow", "deny", "error"] = "deny"
+    reason: str = "closed_before_request"
+    status: int | None = None
+    end: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    detail: str = ""
+    last: float = 0.0
+    """Loop time of the last byte moved, for the idle timeout."""
+
+
+class EgressProxy:
+    """The egress proxy of the sandboxed server ``name``; runs in the gateway's event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        allow: Sequence[str],
+        audit: Callable[[JSONObject], None] | None,
+        state_dir: Path,
+        *,
+        allowed_networks: Sequence[str] = (),
+        allow_private: bool = False,
+        limits: EgressLimits = EgressLimits(),  # frozen: a shared default is safe
+    ) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
+            raise ConfigError(f"sandbox egress proxy name {name!r}: letters, digits, '_', '.', '-' only")
+        self.name: Final = name
+        self.allow: Final = AllowList.parse(allow)
+        try:
+            allowed = networks(allowed_networks)
+        except ValueError as exc:
+            raise ConfigError(f"sandbox egress allowed_networks {list(allowed_networks)!r}: {exc}") from exc
+        self.policy: Final = Policy(allow_private=allow_private, allowed_networks=allowed)
+        self.limits: Final = limits
+        self._audit = audit
+        self._path = state_dir / "egress" / f"{name}.sock"
+        if len(os.fsencode(self._path)) > _SOCKET_PATH_MAX:
+            raise ConfigError(f"sandbox egress socket path too long for a Unix socket: {self._path}")
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def socket_path(self) -> Path:
+        return self._path
+
+    async def start(self) -> None:
+        """Listen on ``socket_path()`` (mode 0600, in a 0700 directory; a stale socket is replaced)."""
+        if self._server is not None:
+            raise RuntimeError("egress proxy already started")
+        directory = self._path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.is_symlink() or not directory.is_dir():
+            raise ConfigError(f"sandbox egress directory is not a directory: {directory}")
+        directory.chmod(0o700)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(self._path.lstat().st_mode):
+                raise ConfigError(f"sandbox egress socket path exists and is not a socket: {self._path}")
+            self._path.unlink()
+        self._server = await asyncio.start_unix_server(self._connection, path=self._path)
+        self._path.chmod(0o600)
+        logger.info("egress proxy %s listening on %s", self.name, self._path)
+
+    async def aclose(self) -> None:
+        """Stop listening, end every open tunnel (audited as ``proxy_closed``) and remove the socket."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # always, inside the server's task
+            self._tasks.add(task)
+        flow = _Flow(last=asyncio.get_running_loop().time())
+        try:
+            await self._serve(reader, writer, flow)
+        except _Refused as refused:
+            flow.decision = "deny" if refused.status < 500 else "error"
+            flow.reason, flow.status, flow.detail = refused.reason, refused.status, refused.detail
+            flow.address = flow.address if refused.address is None else str(refused.address)
+            await _answer_and_linger(reader, writer, _refusal_response(refused))
+        except asyncio.CancelledError:  # aclose(): this task is the connection's own top level, nothing awaits it
+            flow.end = "proxy_closed"
+        except OSError as exc:  # the client went away before a decision
+            flow.end, flow.detail = "client_error", repr(exc)
+        except Exception as exc:  # the connection's top level: fail closed, audit it, keep serving the others
+            logger.exception("egress proxy %s: internal error", self.name)
+            flow.decision, flow.reason, flow.detail = "error", "internal_error", repr(exc)
+        finally:
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+            if flow.received:
+                self._emit(flow)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flow: _Flow) -> None:
+        """Read one request, decide, and carry it out; ``_Refused`` when refused."""
+        if len(self._tasks) > self.limits.max_connections:
+            flow.received = 1  # audit it even though nothing will be read
+            raise _Refused(503, "too_many_connections")
+        head = await self._read_head(reader, flow)
+        if head is None:
+            return  # a port probe: nothing asked, nothing to audit
+        request, early = head
+        plan = self._decide(request, early, flow)
+        origin_reader, origin = await self._open(flow, plan.host, plan.port)
+        try:
+            flow.decision, flow.reason = "allow", "ok"
+            if plan.tunnel:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                flow.status = 200
+            flow.bytes_up += self._send(origin, plan.first)
+            flow.end = await self._relay(
+                self._pump(reader, origin, flow, "bytes_up")
+                if plan.tunnel
+                else self._send_body(reader, request, origin, flow, chunked=plan.chunked),
+                self._pump(origin_reader, writer, flow, "bytes_down", status=not plan.tunnel),
+                both=plan.tunnel,
+            )
+        finally:
+            origin.close()
+
+    async def _read_head(self, reader: asyncio.StreamReader, flow: _Flow) -> tuple[_Request, bytes | None] | None:
+        """The request up to its head, and the bytes after a CONNECT or upgrade head (None: not one); None
+        when the client closed without sending anything."""
+        request = _Request(self.limits)
+        early: bytes | None = None
+        try:
+            async with asyncio.timeout(self.limits.head_timeout):
+                while not request.head_done and not request.too_large:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        if flow.received:
+                            raise _Refused(400, "bad_request", "connection closed inside the request head")
+                        return None
+                    flow.received += len(data)
+                    try:
+                        request.parser.feed_data(data)
+                    except httptools.HttpParserUpgrade as exc:
+                        early = data[exc.args[0] :]
+                    except httptools.HttpParserError as exc:
+                        raise _Refused(400, "bad_request", str(exc)) from exc
+        except TimeoutError as exc:
+            flow.received = max(flow.received, 1)
+            raise _Refused(408, "head_timeout") from exc
+        if request.too_large:
+            raise _Refused(431, "headers_too_large")
+        return request, early
+
+    def _decide(self, request: _Request, early: bytes | None, flow: _Flow) -> _Plan:
+        """Where to connect and what to send first, if this request may go out at all (no DNS yet)."""
+        flow.method = request.method
+        url = request.url.decode("ascii", "replace")
+        if flow.method == "CONNECT":
+            target = _authority(url, default_port=None)
+            if target is None:
+                raise _Refused(400, "bad_request", f"CONNECT target is not host:port: {url[:200]!r}")
+            host, port = self._check_target(flow, *target)
+            return _Plan(host, port, early or b"", tunnel=True)
+        if early is not None:
+            raise _Refused(403, "upgrade_not_supported", "Connection: upgrade outside CONNECT")
+        absolute = _ABSOLUTE.fullmatch(url)
+        if absolute is None:
+            raise _Refused(400, "bad_request", "proxy requests need an absolute-form URL")
+        if absolute[1].lower() != "http":
+            raise _Refused(403, "scheme_not_supported", f"{absolute[1]!r}: only http (https goes through CONNECT)")
+        target = _authority(absolute[2], default_port=80)
+        if target is None:
+            raise _Refused(400, "bad_request", f"bad authority in URL: {absolute[2][:200]!r}")
+        host, port = self._check_target(flow, *target)
+        head, chunked = self._origin_head(request, flow, absolute[2], absolute[3], (host, port))
+        return _Plan(host, port, head, tunnel=False, chunked=chunked)
+
+    def _check_target(self, flow: _Flow, text: str, port: int) -> tuple[Address | str, int]:
+        """The normalised host, if the allow-list names it at ``port``; no DNS."""
+        flow.host, flow.port = text[:255], port
+        try:
+            parsed = parse_host(text)
+        except SSRFBlocked as exc:
+            raise _Refused(403, exc.reason) from exc
+        host = parsed.removesuffix(".") if isinstance(parsed, str) else parsed
+        flow.host = str(host)
+        if not self.allow.allows(host, port):
+            raise _Refused(403, "host_not_allowed")
+        return host, port
+
+    def _origin_head(
+        self,
+        request: _Request,
+        flow: _Flow,
+        authority: str,
+        path: str,
+        target: tuple[Address | str, int],
+    ) -> tuple[bytes, bool]:
+        """The head sent to the origin, and whether the body is chunked."""
+        hosts = request.values(b"host")
+        if len(hosts) > 1:
+            raise _Refused(400, "bad_request", "more than one Host field")
+        if hosts:
+            said = _authority(hosts[0].decode("latin-1"), default_port=80)
+            if said is None or (_host(said[0]), said[1]) != target:
+                raise _Refused(403, "host_header_mismatch", f"Host {hosts[0][:200]!r} for {authority!r}")
+        version = request.version
+        encodings = request.values(b"transfer-encoding")
+        lengths = request.values(b"content-length")
+        chunked = bool(encodings)
+        if chunked and (version != "1.1" or [e.strip().lower() for e in encodings] != [b"chunked"]):
+            raise _Refused(400, "bad_request", "only Transfer-Encoding: chunked on HTTP/1.1")
+        if len(lengths) > 1:
+            raise _Refused(400, "bad_request", "more than one Content-Length field")
+        dropped = set(_HOP_BY_HOP)
+        for value in request.values(b"connection"):
+            dropped.update(token.strip().lower() for token in value.split(b","))
+        lines = [f"{flow.method} {path if path.startswith('/') else '/' + path} HTTP/{version}".encode()]
+        lines += [name + b": " + value for name, value in request.headers if name.lower() not in dropped]
+        lines.append(b"Host: " + authority.encode("ascii"))
+        if chunked:
+            lines.append(b"Transfer-Encoding: chunked")
+        elif lengths:
+            lines.append(b"Content-Length: " + lengths[0].strip())
+        lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n", chunked
+
+    async def _open(
+        self, flow: _Flow, host: Address | str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Resolve and vet ``host``, then connect to a vetted address (never resolving again)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                try:
+                    vetted = await check_host(
+                        str(host), port, self.policy, lookup_timeout=min(RESOLVE_TIMEOUT, self.limits.connect_timeout)
+                    )
+                except SSRFBlocked as exc:
+                    raise _Refused(403, f"address_{exc.reason}", str(exc), address=exc.address) from exc
+                except TimeoutError:
+                    raise
+                except OSError as exc:
+                    raise _Refused(502, "resolve_failed", repr(exc)) from exc
+                failure: OSError | None = None
+                for item in vetted:
+                    flow.address = str(item.address)
+                    sock = socket.socket(item.family, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    try:
+                        await _connect(loop, sock, (str(item.address), port))
+                        return await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+                    except OSError as exc:
+                        sock.close()
+                        failure = exc
+                    except BaseException:
+                        sock.close()
+                        raise
+        except TimeoutError as exc:
+            raise _Refused(504, "connect_timeout") from exc
+        raise _Refused(502, "connect_failed", repr(failure))
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, data: bytes) -> int:
+        if data:
+            writer.write(data)
+        return len(data)
+
+    async def _read(self, reader: asyncio.StreamReader, flow: _Flow) -> bytes:
+        """The next bytes from ``reader``; ``_Idle`` once nothing has moved either way for too long."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = flow.last + self.limits.idle_timeout - loop.time()
+            if wait <= 0:
+                raise _Idle
+            scope = asyncio.timeout(wait)
+            try:
+                async with scope:
+                    data = await reader.read(READ_SIZE)
+            except TimeoutError:
+                if scope.expired():
+                    continue  # the other direction may have moved meanwhile
+                raise
+            flow.last = loop.time()
+            return data
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout):
+                await writer.drain()
+        except TimeoutError as exc:
+            raise _Idle from exc
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        flow: _Flow,
+        counter: Literal["bytes_up", "bytes_down"],
+        *,
+        status: bool = False,
+    ) -> None:
+        """Copy until end of file, then half-close ``writer``. ``status``: note the response's status code."""
+        while data := await self._read(reader, flow):
+            if status and flow.status is None and data.startswith(b"HTTP/") and data[12:13] in (b" ", b"\r"):
+                flow.status = int(data[9:12]) if data[9:12].isdigit() else None
+            writer.write(data)
+            setattr(flow, counter, getattr(flow, counter) + len(data))
+            await self._drain(writer)
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    async def _send_body(
+        self,
+        reader: asyncio.StreamReader,
+        request: _Request,
+        origin: asyncio.StreamWriter,
+        flow: _Flow,
+        *,
+        chunked: bool,
+    ) -> None:
+        """Forward the request body, re-framed, and nothing after it."""
+        while True:
+            for piece in filter(None, request.body):  # an empty chunk would end a chunked body
+                flow.bytes_up += self._send(origin, b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+            request.body.clear()
+            if request.complete:
+                flow.bytes_up += self._send(origin, b"0\r\n\r\n" if chunked else b"")
+                await self._drain(origin)
+                return
+            await self._drain(origin)
+            data = await self._read(reader, flow)
+            if not data:
+                return
+            request.parser.feed_data(data)
+
+    async def _relay(self, up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None], *, both: bool = True) -> str:
+        """Run both directions; end when both finish (``both``) or the origin's does, or either fails.
+        Returns how the connection ended."""
+        tasks = [asyncio.create_task(up), asyncio.create_task(down)]
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed = any(not task.cancelled() and task.exception() is not None for task in done)
+                if failed or (tasks[1] in done and not both):
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [task.exception() for task in tasks if task.done() and not task.cancelled()]
+        error = next((exc for exc in errors if exc is not None), None)
+        if error is None:
+            return "closed"
+        if isinstance(error, _Idle):
+            return "idle_timeout"
+        if isinstance(error, OSError | httptools.HttpParserError):
+            return "reset" if isinstance(error, OSError) else "bad_request_body"
+        raise error
+
+    def _emit(self, flow: _Flow) -> None:
+        record: JSONObject = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "kind": "egress",
+            "server": self.name,
+            "method": flow.method,
+            "host": flow.host,
+            "port": flow.port,
+            "address": flow.address,
+            "decision": flow.decision,
+            "reason": flow.reason,
+            "status": flow.status,
+            "end": flow.end,
+            "bytes_up": flow.bytes_up,
+            "bytes_down": flow.bytes_down,
+            "latency_ms": round((time.monotonic() - flow.started) * 1000, 3),
+        }
+        if flow.detail:
+            record["detail"] = flow.detail[:MAX_DETAIL]
+        logger.log(
+            logging.INFO if flow.decision == "allow" else logging.WARNING,
+            "egress %s %s %s:%s -> %s: %s %s (%s) up=%d down=%d",
+            self.name,
+            flow.method,
+            flow.host,
+            flow.port,
+            flow.address,
+            flow.decision,
+            flow.reason,
+            flow.end,
+            flow.bytes_up,
+            flow.bytes_down,
+        )
+        if self._audit is not None:
+            try:
+                self._audit(record)
+            except Exception:  # a failing sink must not take the proxy down; the operator log has the record
+                logger.exception("egress proxy %s: audit sink failed", self.name)
