@@ -1,11 +1,12 @@
 """The bubblewrap command line of a sandboxed server: what the server sees, and nothing more.
 
     bwrap --unshare-all --disable-userns --die-with-parent --new-session --cap-drop ALL
+          --proc /proc --dev /dev --tmpfs /tmp                 first: what is bound below may live under /tmp
           --ro-bind /usr /usr  --symlink usr/bin /bin ...     the system's programs and libraries
           --ro-bind-try /etc/ld.so.cache ...                  a handful of /etc files, never secrets
           --ro-bind-data FD /etc/passwd                       synthetic: one "sandbox" user
           --ro-bind <python prefix, venv, command, script, PYTHONPATH entries, read_only paths>
-          --proc /proc --dev /dev --tmpfs /tmp [--bind <data_dir>] [--ro-bind <egress socket> /run/egress.sock]
+          [--bind <data_dir>] [--ro-bind <egress socket> /run/egress.sock]
           --chdir <cwd | data_dir | /tmp> --seccomp FD
           -- <python> -I -S -c <run mcp_bastion.sandbox.inner> --spec <hex> -- <command...>
 
@@ -210,6 +211,9 @@ def build_plan(
         "--hostname",
         "sandbox",
     ]
+    # The private /tmp first: a program (a checkout, a venv) that lives under the host's /tmp is bound on
+    # top of it below, instead of being hidden by it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", TMP]
     argv += _system_binds()
     for entry in ETC_FILES + (ETC_NETWORK_FILES if profile.network == "proxy" else ()):
         argv += ["--ro-bind-try", entry, entry]
@@ -217,7 +221,6 @@ def build_plan(
     argv += ["--perms", "0444", "--ro-bind-data", "{fd:group}", "/etc/group"]
     for bound in read_only:
         argv += ["--ro-bind", bound, bound]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", TMP]
     writable = [TMP]
     if data_dir is not None:
         argv += ["--bind", str(data_dir), str(data_dir)]
