@@ -32,7 +32,7 @@ from mcp_bastion.exchange import Exchange
 from mcp_bastion.integrity.arguments import SchemaCache, compile_schema
 from mcp_bastion.integrity.pins import PinStore
 from mcp_bastion.jsonrpc.message import JSONObject, Message
-from mcp_bastion.scan.results import INSPECTED_METHODS, ResultInspector
+from mcp_bastion.scan.results import INSPECTED_METHODS, Inspection, ResultInspector
 from mcp_bastion.upstream.base import Event
 
 MAX_SCAN_BYTES: Final = 4 * 1_048_576
@@ -66,40 +66,36 @@ class InspectResults:
             raise ResultInvalid(f"{method}: the result is not an object", reason="result_malformed")
         if method == "tools/call":
             self._check_output(exchange, sent, result)
-        if len(event.data) > self.max_scan_bytes:
-            raise ResultBlocked(
-                f"{method}: result of {len(event.data)} bytes, over max_scan_bytes {self.max_scan_bytes}",
-                reason="result_blocked_too_large",
-            )
-        inspection = self.inspector.inspect(method, result)
-        if inspection.findings:
-            exchange.findings = (*exchange.findings, *inspection.findings)
-        if inspection.blocked is not None:
-            names = ", ".join(sorted({f.name for f in inspection.findings if f.category == inspection.blocked}))
-            raise ResultBlocked(
-                f"{method}: {inspection.blocked} in the result ({names})", reason=f"result_blocked_{inspection.blocked}"
-            )
-        if not inspection.changed:
-            return event
-        return _rewritten(event, message, "result", inspection.result)
+        self._check_size(event, f"{method} result")
+        return self._apply(exchange, event, message, "result", self.inspector.inspect(method, result))
 
     def _error(self, exchange: Exchange, event: Event, message: Message) -> Event:
         """An error answer: its message and data are scanned like a result (exception texts leak secrets)."""
         error = message.raw.get("error")
         if not isinstance(error, dict):
             return event
+        self._check_size(event, "error answer")
+        return self._apply(exchange, event, message, "error", self.inspector.inspect_error(error))
+
+    def _check_size(self, event: Event, what: str) -> None:
         if len(event.data) > self.max_scan_bytes:
-            raise ResultBlocked(f"error answer of {len(event.data)} bytes", reason="result_blocked_too_large")
-        inspection = self.inspector.inspect_error(error)
+            raise ResultBlocked(
+                f"{what} of {len(event.data)} bytes, over max_scan_bytes {self.max_scan_bytes}",
+                reason="result_blocked_too_large",
+            )
+
+    @staticmethod
+    def _apply(exchange: Exchange, event: Event, message: Message, key: str, inspection: Inspection) -> Event:
+        """Record what was found; refuse a blocked answer; pass the bytes on unless something changed."""
         if inspection.findings:
             exchange.findings = (*exchange.findings, *inspection.findings)
-        if inspection.blocked is not None:
-            raise ResultBlocked(
-                f"error answer: {inspection.blocked} in it", reason=f"result_blocked_{inspection.blocked}"
-            )
+        blocked = inspection.blocked
+        if blocked is not None:
+            names = ", ".join(sorted({f.name for f in inspection.findings if f.category == blocked}))
+            raise ResultBlocked(f"{key}: {blocked} found ({names})", reason=f"result_blocked_{blocked}")
         if not inspection.changed:
             return event
-        return _rewritten(event, message, "error", inspection.result)
+        return _rewritten(event, message, key, inspection.result)
 
     def _check_output(self, exchange: Exchange, sent: Message, result: JSONObject) -> None:
         """Raise ``ResultInvalid`` unless the result keeps the pinned tool's ``outputSchema`` promise."""
