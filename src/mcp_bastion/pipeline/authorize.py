@@ -85,29 +85,24 @@ class Authorize:
                 if self.pins is not None:
                     refuse_quarantined(self.pins, exchange.endpoint, method, message.params)
                 raise InvalidArguments(f"unknown tool {str(unknown)[:100]!r}", reason="tool_unknown") from None
-        name = message.params.get("name")
         pins = self.pins
         if pins is not None:
             refuse_quarantined(pins, exchange.endpoint, method, message.params)
+        name = message.params.get("name")
         if method == "tools/call" and isinstance(name, str):
-            arguments = message.params.get("arguments")
-            check_size(
-                name,
-                arguments if isinstance(arguments, dict) else {},
-                max_bytes=self.max_argument_bytes,
-                max_depth=self.max_argument_depth,
-            )
-        if method == "tools/call" and pins is not None and isinstance(name, str):
-            pin = pins.pinned(exchange.endpoint, name)
-            if pin is not None:
-                arguments = message.params.get("arguments")
-                schema = pin.definition.get("inputSchema", {"type": "object"})
-                self.arguments.check(name, pin.digest, schema, arguments if isinstance(arguments, dict) else {})
-        if method == "tools/call" and self.sinks is not None and isinstance(name, str):
-            pin = pins.pinned(exchange.endpoint, name) if pins is not None else None
+            await self._check_arguments(exchange.endpoint, name, message.params.get("arguments"))
+
+    async def _check_arguments(self, server: str, name: str, raw: JSONValue) -> None:
+        """Size and depth, then the pinned ``inputSchema``, then the sinks: each refusal is -32602."""
+        arguments = raw if isinstance(raw, dict) else {}
+        check_size(name, arguments, max_bytes=self.max_argument_bytes, max_depth=self.max_argument_depth)
+        pin = self.pins.pinned(server, name) if self.pins is not None else None
+        if pin is not None:
+            schema = pin.definition.get("inputSchema", {"type": "object"})
+            self.arguments.check(name, pin.digest, schema, arguments)
+        if self.sinks is not None:
             definition, digest = (pin.definition, pin.digest) if pin is not None else (None, "")
-            arguments = message.params.get("arguments")
-            await self.sinks.check(exchange.endpoint, name, arguments, definition=definition, digest=digest)
+            await self.sinks.check(server, name, raw, definition=definition, digest=digest)
 
 
 QUARANTINABLE: Final[Mapping[str, tuple[Kind, str]]] = {
