@@ -458,6 +458,15 @@ def gateway_findings(rig: Rig) -> list[str]:
     return notes
 
 
+SECTIONS: Final = (
+    ("oauth", "authorization", "~60 s, quick ~20 s; own plan"),
+    ("vault", "vault", "~25 s, quick ~10 s; own plan"),
+    ("content", "content-defence", "~20 s, quick ~8 s"),
+    ("sandbox", "stdio sandbox", "~40 s, quick ~15 s"),
+)
+"""The sections after the hop: each has ``--<name>-only`` and ``--no-<name>``."""
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter runs, no per-run warm-up (~1 min)")
@@ -469,26 +478,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-handshake", action="store_true", help="skip the handshake-era scenarios")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit, config)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument(
-        "--oauth-only", action="store_true", help="only the authorization section (~60 s, quick ~20 s; own plan)"
-    )
-    which.add_argument("--no-oauth", action="store_true", help="skip the authorization section")
-    vault = parser.add_mutually_exclusive_group()
-    vault.add_argument(
-        "--vault-only", action="store_true", help="only the vault section (~25 s, quick ~10 s; own plan)"
-    )
-    vault.add_argument("--no-vault", action="store_true", help="skip the vault section")
-    content = parser.add_mutually_exclusive_group()
-    content.add_argument(
-        "--content-only", action="store_true", help="only the content-defence section (~20 s, quick ~8 s)"
-    )
-    content.add_argument("--no-content", action="store_true", help="skip the content-defence section")
-    sandbox = parser.add_mutually_exclusive_group()
-    sandbox.add_argument(
-        "--sandbox-only", action="store_true", help="only the stdio sandbox section (~40 s, quick ~15 s)"
-    )
-    sandbox.add_argument("--no-sandbox", action="store_true", help="skip the stdio sandbox section")
+    for section, what, duration in SECTIONS:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(f"--{section}-only", action="store_true", help=f"only the {what} section ({duration})")
+        group.add_argument(f"--no-{section}", action="store_true", help=f"skip the {what} section")
     args = parser.parse_args(argv)
     args.reps = args.reps or 3
     args.seconds = args.seconds or (2 if args.quick else 5)
@@ -515,11 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes: list[mcp.Mode] = ["modern"] if args.no_handshake else ["modern", "handshake"]
     estimate = args.reps * len(scenarios) * 2 * (args.seconds + args.warmup)
     tool: Tool | None = None
-    only = args.oauth_only or args.vault_only or args.content_only or args.sandbox_only
-    run_oauth = args.oauth_only or not (only or args.no_oauth)
-    run_vault = args.vault_only or not (only or args.no_vault)
-    run_content = args.content_only or not (only or args.no_content)
-    run_sandbox = args.sandbox_only or not (only or args.no_sandbox)
+    only = any(getattr(args, f"{section}_only") for section, _, _ in SECTIONS)
+    runs = {
+        section: getattr(args, f"{section}_only") or not (only or getattr(args, f"no_{section}"))
+        for section, _, _ in SECTIONS
+    }
+    run_oauth, run_vault, run_content, run_sandbox = (runs[s] for s in ("oauth", "vault", "content", "sandbox"))
     if not only:
         if estimate > TOKEN_LIFETIME - 300:
             print(f"scripts/bench: ~{estimate} s of runs outlives the {TOKEN_LIFETIME} s token", file=sys.stderr)
