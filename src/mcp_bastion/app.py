@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -53,6 +52,7 @@ from mcp_bastion.policy.authorizer import Authorizer, ScopeGrants
 from mcp_bastion.policy.catalog import ToolCatalog
 from mcp_bastion.policy.ratelimit import Buckets, MemoryBuckets, Rate, RedisBuckets
 from mcp_bastion.policy.store import PolicyStore
+from mcp_bastion.sandbox.egress import EgressProxy
 from mcp_bastion.sandbox.launch import Sandbox
 from mcp_bastion.sandbox.profile import SandboxSettings
 from mcp_bastion.scan.definitions import DefinitionScan
@@ -269,8 +269,8 @@ def build_gateway(settings: Settings, *, audit: AuditSink | None = None) -> Gate
             allowed_methods={name: allowed_methods(up) for name, up in settings.upstreams.items()},
             authorizer=authorizer,
             pins=pins,
-            max_argument_bytes=settings.integrity.max_argument_bytes,
-            max_argument_depth=settings.integrity.max_argument_depth,
+            max_argument_bytes=integrity.max_argument_bytes,
+            max_argument_depth=integrity.max_argument_depth,
             sinks=SinkChecker.from_settings(settings.upstreams),
         ),
         Forward: Forward(sessions),
@@ -487,13 +487,7 @@ def build_sandbox(
     name: str, profile: SandboxSettings, state_dir: Path, audit: Callable[[JSONObject], None] | None
 ) -> Sandbox:
     """A stdio upstream's strict sandbox, with its egress proxy when the profile reaches the network."""
-    egress = None
-    if profile.network == "proxy":
-        try:
-            proxy = importlib.import_module("mcp_bastion.sandbox.egress")
-        except ImportError as exc:
-            raise ConfigError(f'upstreams.{name}.sandbox: network = "proxy" needs the egress proxy: {exc}') from exc
-        egress = proxy.EgressProxy(name, profile.egress, audit, state_dir.absolute())
+    egress = EgressProxy(name, profile.egress, audit, state_dir.absolute()) if profile.network == "proxy" else None
     return Sandbox(name, profile, state_dir=state_dir, egress=egress)
 
 
