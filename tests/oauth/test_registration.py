@@ -42,6 +42,13 @@ def test_public_client() -> None:
     assert response["redirect_uris"] == ["https://app.example/cb"]
 
 
+def test_client_ids_never_read_as_a_command_line_option() -> None:
+    # Random bytes whose base64url form starts with "-" (0xF8 -> "-"): the CI once drew such an ID and
+    # `mcp-bastion clients remove <id>` took it for an option.
+    registered = registration.register(PUBLIC_BODY, known_scopes=KNOWN, now=NOW, random=lambda n: b"\xf8" * n)
+    assert registered.record.client_id == "f8" * registration.CLIENT_ID_BYTES
+
+
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_confidential_client_secret_returned_once_stored_hashed(method: str) -> None:
     registered = _register({**PUBLIC_BODY, "token_endpoint_auth_method": method})

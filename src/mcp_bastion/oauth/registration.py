@@ -207,7 +207,8 @@ def register(
     metadata = validate_metadata(body, known_scopes=known_scopes)
     secret = _token(random, SECRET_BYTES) if metadata["token_endpoint_auth_method"] in SECRET_METHODS else None
     record = ClientRecord(
-        client_id=_token(random, CLIENT_ID_BYTES),
+        # Hex, not base64url: an ID starting with "-" reads as an option to `mcp-bastion clients remove`.
+        client_id=random(CLIENT_ID_BYTES).hex(),
         kind=kind,
         metadata=metadata,
         secret_hash=None if secret is None else secret_hash(secret),
