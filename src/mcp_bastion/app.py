@@ -487,7 +487,11 @@ def build_sandbox(
     name: str, profile: SandboxSettings, state_dir: Path, audit: Callable[[JSONObject], None] | None
 ) -> Sandbox:
     """A stdio upstream's strict sandbox, with its egress proxy when the profile reaches the network."""
-    egress = EgressProxy(name, profile.egress, audit, state_dir.absolute()) if profile.network == "proxy" else None
+    egress = None
+    if profile.network == "proxy":
+        egress = EgressProxy(
+            name, profile.egress, audit, state_dir.absolute(), allowed_networks=profile.egress_allowed_networks
+        )
     return Sandbox(name, profile, state_dir=state_dir, egress=egress)
 
 

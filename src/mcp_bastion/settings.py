@@ -577,6 +577,11 @@ class Settings(_Model):
                     f'upstreams.{name}.sandbox = "dangerously_disabled": the local server runs unconfined, with '
                     "the gateway's rights (its files, keys, network)"
                 )
+            if opened := list(upstream.sandbox.egress_allowed_networks):
+                found.append(
+                    f"upstreams.{name}.sandbox.egress_allowed_networks = {opened}: the sandboxed server may "
+                    "reach these private/loopback networks through the egress proxy"
+                )
             if upstream.allow_insecure_http:
                 found.append(f"upstreams.{name}.allow_insecure_http = true: upstream traffic is not encrypted")
             if upstream.allow_methods:

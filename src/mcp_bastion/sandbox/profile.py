@@ -10,12 +10,14 @@ writable data directory, egress through the gateway's proxy to named ``host:port
     data_dir = "files"               # relative: under <state_dir>/sandbox/, created 0700
     network = "proxy"                # "none" (default) or "proxy"
     egress = ["api.github.com:443"]
+    egress_allowed_networks = []     # weakening: private CIDRs the proxy may reach (internal APIs)
     memory_mb = 1024
     call_timeout_seconds = 30
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -46,6 +48,9 @@ class SandboxSettings(BaseModel):
     """``none``: loopback only, in its own namespace. ``proxy``: HTTP(S) through the gateway's egress proxy."""
     egress: tuple[str, ...] = ()
     """``host:port`` pairs the egress proxy lets this server reach (``network = "proxy"`` only)."""
+    egress_allowed_networks: tuple[str, ...] = ()
+    """Weakening: CIDRs the proxy may connect to although private, loopback or link-local (an internal API).
+    Empty (default): allowed names must resolve to public addresses. Logged at every start."""
     memory_mb: int = Field(512, ge=16, le=1 << 20)
     """Address-space limit (RLIMIT_AS) of each process of the server."""
     cpu_seconds: int = Field(60, ge=1, le=86400)
@@ -71,6 +76,10 @@ class SandboxSettings(BaseModel):
                 raise ValueError(f"read_only paths must be absolute, got {str(path)!r}")
         if self.egress and self.network != "proxy":
             raise ValueError('egress needs network = "proxy"')
+        if self.egress_allowed_networks and self.network != "proxy":
+            raise ValueError('egress_allowed_networks needs network = "proxy"')
+        for cidr in self.egress_allowed_networks:
+            ipaddress.ip_network(cidr)  # ValueError names the bad entry
         if self.network == "proxy" and not self.egress:
             raise ValueError('network = "proxy" needs egress (the host:port pairs the server may reach)')
         for target in self.egress:
