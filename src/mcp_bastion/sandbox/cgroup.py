@@ -10,6 +10,7 @@ cgroup v1 (``/sys/fs/cgroup/pids``) and v2 (``/sys/fs/cgroup`` with the pids con
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 from pathlib import Path
@@ -54,6 +55,39 @@ def _own_group(root: Path) -> str | None:
     return None
 
 
+def sweep(base: Path) -> list[str]:
+    """Remove the empty groups of gateways that are gone; return their names.
+
+    A gateway that is killed (SIGKILL, OOM, a crash) never runs ``remove``; its children die with it
+    (``--die-with-parent``) and leave empty groups behind, one per spawn. A group is ``<name>-<pid>-<n>``:
+    only groups whose creating pid no longer exists are touched, and ``rmdir`` refuses a group that still
+    has members, so a live gateway's (or anyone's) processes are never disturbed.
+    """
+    removed = []
+    for group in base.iterdir():
+        parts = group.name.rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not group.is_dir() or _alive(int(parts[1])):
+            continue
+        with contextlib.suppress(OSError):
+            group.rmdir()
+            removed.append(group.name)
+    return removed
+
+
+_sweep_once: Final = functools.cache(sweep)
+"""At this process's first spawn: earlier gateways' leftovers go before new groups are added."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PidsGroup:
     """One child's pids group: created before the spawn, joined by the child, removed after it exits."""
 
@@ -70,6 +104,7 @@ class PidsGroup:
             return None
         base = root / "mcp-bastion"
         base.mkdir(mode=0o700, exist_ok=True)
+        _sweep_once(base)
         return cls(base / f"{name}-{os.getpid()}-{next(_counter)}", limit)
 
     def join(self) -> None:
