@@ -128,7 +128,6 @@ def report(**kw: object) -> Report:
         "namespaces": None,
         "seccomp": None,
         "landlock_abi": 7,
-        "nft": "/usr/sbin/nft",
         "pids_cgroup": True,
         "nproc_enforced": False,
     }

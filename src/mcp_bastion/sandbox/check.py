@@ -1,7 +1,10 @@
 """What this machine can enforce: ``mcp-bastion sandbox check`` and the startup check of strict profiles.
 
 Each protection is probed for real where that is cheap (bwrap runs ``true`` in fresh namespaces; the
-seccomp filter is compiled), and read from the kernel otherwise (Landlock ABI, cgroups, nft).
+seccomp filter is compiled), and read from the kernel otherwise (Landlock ABI, cgroups).
+
+There is no nftables row: a sandbox's network namespace has no interface but loopback, so there is
+nothing to filter; its one way out is the egress proxy's Unix socket (``sandbox/egress.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ class Report:
     seccomp: str | None
     """None when a filter compiles and the kernel has seccomp; else why not."""
     landlock_abi: int
-    nft: str | None
     pids_cgroup: bool
     nproc_enforced: bool
     """RLIMIT_NPROC holds (not for the real root user)."""
@@ -67,7 +69,6 @@ class Report:
             (self.namespaces is None, "namespaces (user, pid, ipc, uts, net, cgroup)", self.namespaces or "ok"),
             (self.seccomp is None, "seccomp filter", self.seccomp or "ok (libseccomp via pyseccomp)"),
             (self.landlock_abi >= 4, "Landlock", f"ABI {self.landlock_abi}" if self.landlock_abi else "unavailable"),
-            (self.nft is not None, "nftables (egress rules)", self.nft or "nft missing (apt-get install -y nftables)"),
             (self.pids_cgroup or self.nproc_enforced, "process limit", limit),
         ]
 
@@ -109,7 +110,6 @@ def probe() -> Report:
         namespaces=_namespaces(path) if path is not None else "bwrap missing",
         seccomp=seccomp_available(),
         landlock_abi=_landlock_abi(),
-        nft=shutil.which("nft"),
         pids_cgroup=pids_root() is not None,
         nproc_enforced=os.getuid() != 0,
     )
