@@ -1,5 +1,6 @@
 """Test doubles for the egress proxy: raw origin servers on 127.0.0.1, a proxy client over the Unix socket,
-and a DNS that answers what the test says (installed on the running loop, where ``netguard`` asks)."""
+and a DNS that answers what the test says (installed on the running loop, where ``netguard`` asks); and
+the usual pairing of a server on 127.0.0.1 with a proxy that may reach exactly it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from mcp_bastion.jsonrpc.message import JSONObject
 from mcp_bastion.sandbox.egress import EgressProxy
 
 BOUND = 10.0
 """Seconds any single step of a test may take."""
+LOCAL = ["127.0.0.1/32"]
+"""What tests add to reach their origins on 127.0.0.1 (loopback is refused by default)."""
 
 
 @dataclass
@@ -158,6 +162,26 @@ async def running(tmp_path: Path, allow: Sequence[str], **options: Any) -> Async
             await proxy.aclose()
 
 
+@asynccontextmanager
+async def proxied_origin(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Origin, EgressProxy, Audit]]:
+    """An origin on 127.0.0.1 and a running proxy whose allow-list names exactly it (``LOCAL`` opened)."""
+    async with (
+        origin_server() as origin,
+        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL, **options) as (proxy, audit),
+    ):
+        yield origin, proxy, audit
+
+
+@asynccontextmanager
+async def proxied_echo(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[int, EgressProxy, Audit]]:
+    """An echo server on 127.0.0.1 (its port) and a running proxy whose allow-list names exactly it."""
+    async with (
+        echo_server() as port,
+        running(tmp_path, [f"127.0.0.1:{port}"], allowed_networks=LOCAL, **options) as (proxy, audit),
+    ):
+        yield port, proxy, audit
+
+
 async def ask(proxy: EgressProxy, raw: bytes) -> bytes:
     """Send ``raw`` to the proxy and read its whole answer."""
     with anyio.fail_after(BOUND):
@@ -171,6 +195,12 @@ async def ask(proxy: EgressProxy, raw: bytes) -> bytes:
 
 def status(response: bytes) -> int:
     return int(response[9:12])
+
+
+def install(dns: FakeDNS, monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
+    """Answer the running loop's lookups (where ``netguard`` asks) with ``dns`` for the rest of the test."""
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", dns)
+    return dns
 
 
 class FakeDNS:

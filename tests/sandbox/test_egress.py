@@ -17,22 +17,24 @@ import trustme
 
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.message import JSONObject
-from mcp_bastion.sandbox.egress import AllowList, EgressLimits, EgressProxy
+from mcp_bastion.sandbox.egress import EgressProxy
+from mcp_bastion.sandbox.egressrules import EgressLimits
 from tests.sandbox.egress_fixtures import (
     BOUND,
+    LOCAL,
     FakeDNS,
     ask,
     echo_server,
     free_port,
+    install,
     origin_server,
+    proxied_echo,
+    proxied_origin,
     running,
     status,
 )
 
 pytestmark = pytest.mark.anyio
-
-LOCAL = ["127.0.0.1/32"]
-"""What tests add to reach their origins on 127.0.0.1 (loopback is refused by default)."""
 
 
 @pytest.fixture(
@@ -46,63 +48,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-def install(dns: FakeDNS, monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", dns)
-    return dns
-
-
 def expect(record: JSONObject, **fields: object) -> None:
+    """An egress record of the proxy ``srv`` (see ``audit.record.egress_record``) with these fields."""
     assert record["kind"] == "egress"
     assert record["server"] == "srv"
     assert {key: record[key] for key in fields} == fields
-
-
-# -- the allow-list, pure -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("entry", "host", "port", "allowed"),
-    [
-        pytest.param("api.example.com:443", "api.example.com", 443, True, id="exact"),
-        pytest.param("API.Example.COM.:443", "api.example.com", 443, True, id="case-and-dot"),
-        pytest.param("api.example.com:443", "api.example.com", 80, False, id="other-port"),
-        pytest.param("api.example.com:443", "x.api.example.com", 443, False, id="exact-is-not-suffix"),
-        pytest.param("*.example.com:443", "a.b.example.com", 443, True, id="wildcard-any-depth"),
-        pytest.param("*.example.com:443", "example.com", 443, False, id="wildcard-not-apex"),
-        pytest.param("*.example.com:443", "evilexample.com", 443, False, id="wildcard-label-boundary"),
-        pytest.param("93.184.215.14:443", ipaddress.ip_address("93.184.215.14"), 443, True, id="ipv4-literal"),
-        pytest.param("[2001:DB8:0::1]:443", ipaddress.ip_address("2001:db8::1"), 443, True, id="ipv6-literal"),
-        pytest.param("93.184.215.14:443", "93.184.215.14", 443, False, id="literal-is-not-a-name"),
-        pytest.param(
-            "127.0.0.1:80", ipaddress.ip_address("::ffff:127.0.0.1"), 80, False, id="mapped-is-not-the-literal"
-        ),
-    ],
-)
-def test_allow_list_matches(entry: str, host: Any, port: int, allowed: bool) -> None:
-    assert AllowList.parse([entry]).allows(host, port) is allowed
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [
-        "example.com",
-        "example.com:0",
-        "example.com:65536",
-        "*:443",
-        "*.127.0.0.1:80",
-        "http://example.com:80",
-        "user@example.com:443",
-        "exa mple.com:443",
-        "2130706433:80",
-        "127.1:80",
-        "[::1%eth0]:80",
-        "[::1:80",
-        "",
-    ],
-)
-def test_allow_list_refuses_malformed_entries(entry: str) -> None:
-    with pytest.raises(ConfigError):
-        AllowList.parse([entry])
 
 
 @pytest.mark.parametrize(
@@ -141,13 +91,7 @@ async def test_socket_is_private_and_removed_on_close(tmp_path: Path) -> None:
 
 
 async def test_plain_http_reaches_an_allowed_origin_without_proxy_fields(tmp_path: Path) -> None:
-    async with (
-        origin_server() as origin,
-        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_origin(tmp_path) as (origin, proxy, audit):
         authority = b"127.0.0.1:%d" % origin.port
         response = await ask(
             proxy,
@@ -199,13 +143,7 @@ async def test_loopback_is_refused_by_default(tmp_path: Path) -> None:
     ],
 )
 async def test_body_is_forwarded_and_nothing_after_it(tmp_path: Path, framing: bytes, body: bytes) -> None:
-    async with (
-        origin_server() as origin,
-        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_origin(tmp_path) as (origin, proxy, audit):
         url = b"http://127.0.0.1:%d" % origin.port
         smuggled = b"GET %b/second HTTP/1.1\r\nHost: evil.test\r\n\r\n" % url
         response = await ask(proxy, b"POST %b/first HTTP/1.1\r\n%b\r\n%b%b" % (url, framing, body, smuggled))
@@ -230,13 +168,7 @@ async def test_body_is_forwarded_and_nothing_after_it(tmp_path: Path, framing: b
     ],
 )
 async def test_host_field_must_agree_with_the_url(tmp_path: Path, host_fields: bytes, code: int, reason: str) -> None:
-    async with (
-        origin_server() as origin,
-        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_origin(tmp_path) as (origin, proxy, audit):
         fields = host_fields.replace(b"{port}", b"%d" % origin.port)
         response = await ask(proxy, b"GET http://127.0.0.1:%d/ HTTP/1.1\r\n%b\r\n" % (origin.port, fields))
         [record] = await audit.wait()
@@ -246,13 +178,7 @@ async def test_host_field_must_agree_with_the_url(tmp_path: Path, host_fields: b
 
 
 async def test_missing_host_field_is_added(tmp_path: Path) -> None:
-    async with (
-        origin_server() as origin,
-        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_origin(tmp_path) as (origin, proxy, audit):
         response = await ask(proxy, b"GET http://127.0.0.1:%d HTTP/1.0\r\n\r\n" % origin.port)
         seen = await origin.next()
         await audit.wait()
@@ -302,13 +228,7 @@ async def test_missing_host_field_is_added(tmp_path: Path) -> None:
     ],
 )
 async def test_malformed_requests_are_refused(tmp_path: Path, request_bytes: bytes, code: int, reason: str) -> None:
-    async with (
-        origin_server() as origin,
-        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_origin(tmp_path) as (origin, proxy, audit):
         response = await ask(proxy, request_bytes.replace(b"{a}", b"127.0.0.1:%d" % origin.port))
         [record] = await audit.wait()
         assert origin.seen.empty()
@@ -354,13 +274,7 @@ async def test_connect_tunnels_tls_to_an_allowed_name(tmp_path: Path, monkeypatc
 
 
 async def test_connect_forwards_bytes_sent_with_the_head(tmp_path: Path) -> None:
-    async with (
-        echo_server() as port,
-        running(tmp_path, [f"127.0.0.1:{port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_echo(tmp_path) as (port, proxy, audit):
         with anyio.fail_after(BOUND):
             reader, writer = await asyncio.open_unix_connection(proxy.socket_path())
             writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nearly" % port)
@@ -375,10 +289,7 @@ async def test_connect_forwards_bytes_sent_with_the_head(tmp_path: Path) -> None
 
 async def test_idle_tunnel_is_closed(tmp_path: Path) -> None:
     limits = EgressLimits(idle_timeout=0.2)
-    async with (
-        echo_server() as port,
-        running(tmp_path, [f"127.0.0.1:{port}"], allowed_networks=LOCAL, limits=limits) as (proxy, audit),
-    ):
+    async with proxied_echo(tmp_path, limits=limits) as (port, proxy, audit):
         with anyio.fail_after(BOUND):
             reader, writer = await asyncio.open_unix_connection(proxy.socket_path())
             writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nping" % port)
@@ -489,13 +400,7 @@ async def test_dns_rebinding_connects_to_the_vetted_address(
 )
 @pytest.mark.parametrize("form", ["connect", "absolute"])
 async def test_ip_literal_tricks_are_refused(tmp_path: Path, host: str, reason: str, form: str) -> None:
-    async with (
-        origin_server() as origin,
-        running(tmp_path, [f"127.0.0.1:{origin.port}"], allowed_networks=LOCAL) as (
-            proxy,
-            audit,
-        ),
-    ):
+    async with proxied_origin(tmp_path) as (origin, proxy, audit):
         authority = f"{host}:{origin.port}".encode()
         if form == "connect":
             response = await ask(proxy, b"CONNECT %b HTTP/1.1\r\n\r\n" % authority)
@@ -550,10 +455,7 @@ async def test_slow_head_times_out(tmp_path: Path) -> None:
 
 async def test_connections_are_capped(tmp_path: Path) -> None:
     limits = EgressLimits(max_connections=1)
-    async with (
-        echo_server() as port,
-        running(tmp_path, [f"127.0.0.1:{port}"], allowed_networks=LOCAL, limits=limits) as (proxy, audit),
-    ):
+    async with proxied_echo(tmp_path, limits=limits) as (port, proxy, audit):
         with anyio.fail_after(BOUND):
             reader, writer = await asyncio.open_unix_connection(proxy.socket_path())
             writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % port)

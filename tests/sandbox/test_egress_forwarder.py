@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from tests.helpers.procs import child_env
-from tests.sandbox.egress_fixtures import BOUND, echo_server, free_port, running, status
+from tests.sandbox.egress_fixtures import BOUND, free_port, proxied_echo, status
 
 pytestmark = pytest.mark.anyio
 
@@ -52,11 +52,7 @@ async def forwarder(socket_path: Path) -> AsyncIterator[int]:
 
 async def test_relays_bytes_and_half_closes_to_the_proxy(tmp_path: Path) -> None:
     async with (
-        echo_server() as echo,
-        running(tmp_path, [f"127.0.0.1:{echo}"], allowed_networks=["127.0.0.1/32"]) as (
-            proxy,
-            audit,
-        ),
+        proxied_echo(tmp_path) as (echo, proxy, audit),
         forwarder(proxy.socket_path()) as port,
     ):
         with anyio.fail_after(BOUND):

@@ -6,7 +6,6 @@ UDP and DNS. Packets never leave the namespace the test creates (it has no route
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -21,7 +20,7 @@ import pytest
 import trustme
 
 from tests.helpers.procs import SRC
-from tests.sandbox.egress_fixtures import FakeDNS, origin_server, running
+from tests.sandbox.egress_fixtures import LOCAL, FakeDNS, install, origin_server, running
 
 BWRAP = shutil.which("bwrap")
 CURL = shutil.which("curl")
@@ -101,10 +100,10 @@ async def test_the_proxy_is_the_only_way_out_of_the_namespace(tmp_path: Path, mo
     ca.issue_cert("origin.test").configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", FakeDNS({"origin.test": [["127.0.0.1"]]}))
+    install(FakeDNS({"origin.test": [["127.0.0.1"]]}), monkeypatch)
     async with origin_server() as plain, origin_server(tls=server_context) as tls:
         allow = [f"127.0.0.1:{plain.port}", f"origin.test:{tls.port}"]
-        async with running(tmp_path, allow, allowed_networks=["127.0.0.1/32"]) as (proxy, audit):
+        async with running(tmp_path, allow, allowed_networks=LOCAL) as (proxy, audit):
             proxy_url = "http://127.0.0.1:3128"
             command = [
                 BWRAP,

@@ -13,6 +13,12 @@ Fields are stable (tools and tests read them):
 - ``detail``: the operator-facing detail of a refusal; never a secret, never sent to the client;
 - ``findings`` (only when result inspection found something): ``[{category, name, count}]``, never the
   text found.
+
+Records of other events keep these fields (``None`` where they do not apply). An egress record
+(``egress_record``: a sandboxed server's connection through its egress proxy) says so in ``kind:
+"egress"``; its ``method`` is the HTTP method (``CONNECT``, ``GET``), its ``target`` the ``host:port``
+asked for, and it adds ``host``, ``port``, ``address`` (the vetted address connected to), ``end`` (how the
+connection ended), ``bytes_up`` and ``bytes_down``.
 """
 
 from __future__ import annotations
@@ -119,3 +125,60 @@ def connection_record(reason: str, remote: str, *, request_id: str, now: float |
         "latency_ms": None,
         "remote": remote,
     }
+
+
+def egress_record(
+    server: str,
+    *,
+    request_id: str,
+    method: str | None,
+    host: str | None,
+    port: int | None,
+    address: str | None,
+    decision: Decision,
+    reason: str,
+    status: int | None,
+    end: str | None,
+    bytes_up: int,
+    bytes_down: int,
+    latency_ms: float,
+    detail: str = "",
+    now: float | None = None,
+) -> JSONObject:
+    """The record of one connection through the egress proxy of the sandboxed server ``server``: the
+    common fields (``method`` None when no request head was read), ``kind``, then where it went and how it
+    ended."""
+    record: JSONObject = {
+        "time": datetime.fromtimestamp(time.time() if now is None else now, UTC).isoformat(timespec="milliseconds"),
+        "request_id": request_id,
+        "principal": None,
+        "issuer": None,
+        "client": None,
+        "auth": None,
+        "server": server,
+        "method": method,
+        "target": None if host is None else _authority(host, port),
+        "jsonrpc_id": None,
+        "decision": decision,
+        "reason": reason,
+        "status": status,
+        "error_code": None,
+        "latency_ms": round(latency_ms, 3),
+        "remote": None,
+        "kind": "egress",
+        "host": host,
+        "port": port,
+        "address": address,
+        "end": end,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+    }
+    if detail:
+        record["detail"] = detail[:MAX_DETAIL]
+    return record
+
+
+def _authority(host: str, port: int | None) -> str:
+    """``host:port`` as a client writes it: an IPv6 address in brackets (unless the client's text kept them)."""
+    bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return bracketed if port is None else f"{bracketed}:{port}"

@@ -21,8 +21,12 @@ Invariants:
   tunnels when they close, with bytes up and down), also written to the operator log;
 - heads, connection count, the time to send a head, to connect and to stay idle are all bounded.
 
+This module is the server: connections, DNS, connecting, relaying and the audit record. What may go out
+is ``egressrules`` (the allow-list, the limits); what one request asks and whether it may go out is
+``egressrequest`` (the head parser, the decision, the origin's head), which touches no socket.
+
 Refusals are answered ``403`` (or ``400``/``408``/``431``/``502``/``503``/``504``) with a short reason in
-the body and an RFC 9209 ``Proxy-Status`` field. They are this module's own ``_Refused``: the proxy renders
+the body and an RFC 9209 ``Proxy-Status`` field. They are ``egressrequest.Refused``: the proxy renders
 them itself, as a proxy must; they never reach the gate.
 """
 
@@ -33,154 +37,40 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import socket
 import stat
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import httptools
 
+from mcp_bastion.audit.record import egress_record
 from mcp_bastion.errors import ConfigError
-from mcp_bastion.netguard import RESOLVE_TIMEOUT, Address, Policy, SSRFBlocked, check_host, networks, parse_host
+from mcp_bastion.netguard import RESOLVE_TIMEOUT, Address, Policy, SSRFBlocked, check_host, networks
+from mcp_bastion.sandbox.egressrequest import Refused, Request, decide, refusal_response
+from mcp_bastion.sandbox.egressrules import AllowList, EgressLimits
 
 if TYPE_CHECKING:
     from mcp_bastion.jsonrpc.message import JSONObject
+
+__all__ = ["AllowList", "EgressLimits", "EgressProxy"]
 
 logger = logging.getLogger(__name__)
 
 READ_SIZE: Final = 65_536
 """Bytes read from a socket at a time (and so the most body a single read can buffer)."""
-MAX_DETAIL: Final = 512
+_DEFAULT_LIMITS: Final = EgressLimits()
+"""Frozen, so one shared default is safe."""
 _SOCKET_PATH_MAX: Final = 107
 """``sun_path`` holds 108 bytes with the terminating NUL."""
 
 
-@dataclass(frozen=True, slots=True)
-class EgressLimits:
-    """Bounds on what one sandboxed server can make the proxy hold."""
-
-    max_head_bytes: int = 16_384
-    """Request line plus header fields."""
-    max_headers: int = 100
-    head_timeout: float = 10.0
-    """Seconds a client has to send its whole request head (slowloris)."""
-    connect_timeout: float = 10.0
-    """Seconds for the DNS lookup and the TCP connect together."""
-    idle_timeout: float = 300.0
-    """Seconds a tunnel or request may pass with no byte moving either way."""
-    max_connections: int = 64
-    """Concurrent client connections (tunnels and requests in progress, heads being read)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AllowList:
-    """Compiled ``host:port`` entries: exact names, ``*.suffix`` names (any depth below the suffix, not the
-    suffix itself) and IP literals (matched only by the same address written as a literal)."""
-
-    names: frozenset[tuple[str, int]] = frozenset()
-    suffixes: frozenset[tuple[str, int]] = frozenset()
-    """``(".example.com", 443)`` for ``*.example.com:443``."""
-    addresses: frozenset[tuple[Address, int]] = frozenset()
-
-    @classmethod
-    def parse(cls, entries: Sequence[str]) -> AllowList:
-        """``ConfigError`` naming the entry when one is not ``host:port``."""
-        names: set[tuple[str, int]] = set()
-        suffixes: set[tuple[str, int]] = set()
-        addresses: set[tuple[Address, int]] = set()
-        for entry in entries:
-            wildcard = entry.startswith("*.")
-            target = _authority(entry.removeprefix("*.") if wildcard else entry, default_port=None)
-            host = None if target is None else _host(target[0])
-            if target is None or host is None or (wildcard and not isinstance(host, str)):
-                raise ConfigError(f"sandbox egress entry {entry!r}: expected host:port or *.domain:port")
-            if isinstance(host, str):
-                (suffixes if wildcard else names).add(("." + host if wildcard else host, target[1]))
-            else:
-                addresses.add((host, target[1]))
-        return cls(frozenset(names), frozenset(suffixes), frozenset(addresses))
-
-    def allows(self, host: Address | str, port: int) -> bool:
-        """Is ``host`` (as ``_host`` normalises it) at ``port`` on the list?"""
-        if not isinstance(host, str):
-            return (host, port) in self.addresses
-        return (host, port) in self.names or any(host.endswith(suffix) and p == port for suffix, p in self.suffixes)
-
-
-_AUTHORITY: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:@/?#\s]+)(?::([0-9]{1,5}))?")
-_ABSOLUTE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)")
-_HOP_BY_HOP: Final = frozenset(
-    b"connection keep-alive proxy-connection proxy-authorization proxy-authenticate te trailer upgrade "
-    b"transfer-encoding content-length host".split()
-)
-"""Not passed to the origin: hop-by-hop fields (RFC 9110 §7.6.1), the proxy's own credentials, and the
-fields the proxy sets itself (``Host``, framing)."""
-
-
-def _authority(text: str, *, default_port: int | None) -> tuple[str, int] | None:
-    """``(host, port)`` of ``host[:port]`` (IPv6 in brackets); None when malformed or the port is missing."""
-    match = _AUTHORITY.fullmatch(text)
-    if match is None or (match[2] is None and default_port is None):
-        return None
-    port = int(match[2]) if match[2] is not None else default_port
-    return (match[1], port) if port is not None and 0 < port < 65536 else None
-
-
-def _host(text: str) -> Address | str | None:
-    """The address of a canonical IP literal, or the lower-case name without a trailing dot; None if
-    ``netguard.parse_host`` refuses it."""
-    try:
-        parsed = parse_host(text)
-    except SSRFBlocked:
-        return None
-    return parsed.removesuffix(".") if isinstance(parsed, str) else parsed
-
-
-class _Refused(Exception):
-    """The proxy refuses: answer ``status`` with ``reason`` and close."""
-
-    def __init__(self, status: int, reason: str, detail: str = "", *, address: Address | None = None) -> None:
-        super().__init__(detail or reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.address = address
-
-
 class _Idle(Exception):
     """No byte moved either way for ``idle_timeout`` seconds."""
-
-
-_PROXY_STATUS: Final = {
-    400: "http_request_error",
-    408: "http_request_error",
-    431: "http_request_error",
-    503: "connection_limit_reached",
-    504: "connection_timeout",
-}
-"""RFC 9209 §2.3 error types; 403 is ``http_request_denied`` or ``destination_ip_prohibited``."""
-
-
-def _refusal_response(refused: _Refused) -> bytes:
-    if refused.reason.startswith("address_"):
-        error = "destination_ip_prohibited"
-    elif refused.reason == "resolve_failed":
-        error = "dns_error"
-    elif refused.reason == "connect_failed":
-        error = "connection_refused"
-    else:
-        error = _PROXY_STATUS.get(refused.status, "http_request_denied")
-    phrase = HTTPStatus(refused.status).phrase
-    body = f"{refused.status} {phrase}: {refused.reason}\n".encode()
-    return (
-        f"HTTP/1.1 {refused.status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-        f'Proxy-Status: mcp-bastion; error={error}; details="{refused.reason}"\r\nConnection: close\r\n\r\n'
-    ).encode() + body
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, sockaddr: tuple[str, int]) -> None:
@@ -225,74 +115,6 @@ async def _answer_and_linger(reader: asyncio.StreamReader, writer: asyncio.Strea
                 received += len(data)
 
 
-class _Request:
-    """httptools callbacks for the first request on a connection; later requests are ignored."""
-
-    def __init__(self, limits: EgressLimits) -> None:
-        self._limits = limits
-        self.parser = httptools.HttpRequestParser(self)
-        self.method = ""
-        self.version = ""
-        self.url = bytearray()
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
-        self.too_large = False
-        self.head_done = False
-        self.complete = False
-        self.body: list[bytes] = []
-        self._begun = False
-        self._ignoring = False
-
-    def on_message_begin(self) -> None:
-        self._ignoring = self._begun
-        self._begun = True
-
-    def on_url(self, url: bytes) -> None:
-        self._grow(len(url))
-        if not self._ignoring:
-            self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value) + 4)
-        if not self._ignoring and not self.too_large:
-            self.headers.append((name, value))
-            self.too_large = len(self.headers) > self._limits.max_headers
-
-    def _grow(self, size: int) -> None:
-        if not self._ignoring:
-            self.head_size += size
-            self.too_large = self.too_large or self.head_size > self._limits.max_head_bytes
-
-    def on_headers_complete(self) -> None:
-        if not self._ignoring and not self.head_done:
-            # Now, not after feed_data: by then the parser may be inside a pipelined second request.
-            self.method = self.parser.get_method().decode("ascii", "replace")
-            self.version = self.parser.get_http_version()
-            self.head_done = True
-
-    def on_body(self, body: bytes) -> None:
-        if not self._ignoring:
-            self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = self.complete or not self._ignoring
-
-    def values(self, name: bytes) -> list[bytes]:
-        return [value for key, value in self.headers if key.lower() == name]
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """An allowed request: the origin, the bytes to send it first, and how to carry the rest."""
-
-    host: Address | str
-    port: int
-    first: bytes
-    """A CONNECT's bytes that came with its head, or a plain request's head for the origin."""
-    tunnel: bool
-    chunked: bool = False
-
-
 @dataclass(slots=True)
 class _Flow:
     """What the audit record of one connection says; filled in as the connection goes."""
@@ -326,7 +148,7 @@ class EgressProxy:
         *,
         allowed_networks: Sequence[str] = (),
         allow_private: bool = False,
-        limits: EgressLimits = EgressLimits(),  # frozen: a shared default is safe
+        limits: EgressLimits = _DEFAULT_LIMITS,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
             raise ConfigError(f"sandbox egress proxy name {name!r}: letters, digits, '_', '.', '-' only")
@@ -385,11 +207,11 @@ class EgressProxy:
         flow = _Flow(last=asyncio.get_running_loop().time())
         try:
             await self._serve(reader, writer, flow)
-        except _Refused as refused:
+        except Refused as refused:
             flow.decision = "deny" if refused.status < 500 else "error"
             flow.reason, flow.status, flow.detail = refused.reason, refused.status, refused.detail
             flow.address = flow.address if refused.address is None else str(refused.address)
-            await _answer_and_linger(reader, writer, _refusal_response(refused))
+            await _answer_and_linger(reader, writer, refusal_response(refused))
         except asyncio.CancelledError:  # aclose(): this task is the connection's own top level, nothing awaits it
             flow.end = "proxy_closed"
         except OSError as exc:  # the client went away before a decision
@@ -405,15 +227,16 @@ class EgressProxy:
                 self._emit(flow)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flow: _Flow) -> None:
-        """Read one request, decide, and carry it out; ``_Refused`` when refused."""
+        """Read one request, decide, and carry it out; ``Refused`` when refused."""
         if len(self._tasks) > self.limits.max_connections:
             flow.received = 1  # audit it even though nothing will be read
-            raise _Refused(503, "too_many_connections")
+            raise Refused(503, "too_many_connections")
         head = await self._read_head(reader, flow)
         if head is None:
             return  # a port probe: nothing asked, nothing to audit
         request, early = head
-        plan = self._decide(request, early, flow)
+        flow.method = request.method
+        plan = decide(request, early, self.allow, flow)
         origin_reader, origin = await self._open(flow, plan.host, plan.port)
         try:
             flow.decision, flow.reason = "allow", "ok"
@@ -431,10 +254,10 @@ class EgressProxy:
         finally:
             origin.close()
 
-    async def _read_head(self, reader: asyncio.StreamReader, flow: _Flow) -> tuple[_Request, bytes | None] | None:
+    async def _read_head(self, reader: asyncio.StreamReader, flow: _Flow) -> tuple[Request, bytes | None] | None:
         """The request up to its head, and the bytes after a CONNECT or upgrade head (None: not one); None
         when the client closed without sending anything."""
-        request = _Request(self.limits)
+        request = Request(self.limits)
         early: bytes | None = None
         try:
             async with asyncio.timeout(self.limits.head_timeout):
@@ -442,7 +265,7 @@ class EgressProxy:
                     data = await reader.read(READ_SIZE)
                     if not data:
                         if flow.received:
-                            raise _Refused(400, "bad_request", "connection closed inside the request head")
+                            raise Refused(400, "bad_request", "connection closed inside the request head")
                         return None
                     flow.received += len(data)
                     try:
@@ -450,87 +273,13 @@ class EgressProxy:
                     except httptools.HttpParserUpgrade as exc:
                         early = data[exc.args[0] :]
                     except httptools.HttpParserError as exc:
-                        raise _Refused(400, "bad_request", str(exc)) from exc
+                        raise Refused(400, "bad_request", str(exc)) from exc
         except TimeoutError as exc:
             flow.received = max(flow.received, 1)
-            raise _Refused(408, "head_timeout") from exc
+            raise Refused(408, "head_timeout") from exc
         if request.too_large:
-            raise _Refused(431, "headers_too_large")
+            raise Refused(431, "headers_too_large")
         return request, early
-
-    def _decide(self, request: _Request, early: bytes | None, flow: _Flow) -> _Plan:
-        """Where to connect and what to send first, if this request may go out at all (no DNS yet)."""
-        flow.method = request.method
-        url = request.url.decode("ascii", "replace")
-        if flow.method == "CONNECT":
-            target = _authority(url, default_port=None)
-            if target is None:
-                raise _Refused(400, "bad_request", f"CONNECT target is not host:port: {url[:200]!r}")
-            host, port = self._check_target(flow, *target)
-            return _Plan(host, port, early or b"", tunnel=True)
-        if early is not None:
-            raise _Refused(403, "upgrade_not_supported", "Connection: upgrade outside CONNECT")
-        absolute = _ABSOLUTE.fullmatch(url)
-        if absolute is None:
-            raise _Refused(400, "bad_request", "proxy requests need an absolute-form URL")
-        if absolute[1].lower() != "http":
-            raise _Refused(403, "scheme_not_supported", f"{absolute[1]!r}: only http (https goes through CONNECT)")
-        target = _authority(absolute[2], default_port=80)
-        if target is None:
-            raise _Refused(400, "bad_request", f"bad authority in URL: {absolute[2][:200]!r}")
-        host, port = self._check_target(flow, *target)
-        head, chunked = self._origin_head(request, flow, absolute[2], absolute[3], (host, port))
-        return _Plan(host, port, head, tunnel=False, chunked=chunked)
-
-    def _check_target(self, flow: _Flow, text: str, port: int) -> tuple[Address | str, int]:
-        """The normalised host, if the allow-list names it at ``port``; no DNS."""
-        flow.host, flow.port = text[:255], port
-        try:
-            parsed = parse_host(text)
-        except SSRFBlocked as exc:
-            raise _Refused(403, exc.reason) from exc
-        host = parsed.removesuffix(".") if isinstance(parsed, str) else parsed
-        flow.host = str(host)
-        if not self.allow.allows(host, port):
-            raise _Refused(403, "host_not_allowed")
-        return host, port
-
-    def _origin_head(
-        self,
-        request: _Request,
-        flow: _Flow,
-        authority: str,
-        path: str,
-        target: tuple[Address | str, int],
-    ) -> tuple[bytes, bool]:
-        """The head sent to the origin, and whether the body is chunked."""
-        hosts = request.values(b"host")
-        if len(hosts) > 1:
-            raise _Refused(400, "bad_request", "more than one Host field")
-        if hosts:
-            said = _authority(hosts[0].decode("latin-1"), default_port=80)
-            if said is None or (_host(said[0]), said[1]) != target:
-                raise _Refused(403, "host_header_mismatch", f"Host {hosts[0][:200]!r} for {authority!r}")
-        version = request.version
-        encodings = request.values(b"transfer-encoding")
-        lengths = request.values(b"content-length")
-        chunked = bool(encodings)
-        if chunked and (version != "1.1" or [e.strip().lower() for e in encodings] != [b"chunked"]):
-            raise _Refused(400, "bad_request", "only Transfer-Encoding: chunked on HTTP/1.1")
-        if len(lengths) > 1:
-            raise _Refused(400, "bad_request", "more than one Content-Length field")
-        dropped = set(_HOP_BY_HOP)
-        for value in request.values(b"connection"):
-            dropped.update(token.strip().lower() for token in value.split(b","))
-        lines = [f"{flow.method} {path if path.startswith('/') else '/' + path} HTTP/{version}".encode()]
-        lines += [name + b": " + value for name, value in request.headers if name.lower() not in dropped]
-        lines.append(b"Host: " + authority.encode("ascii"))
-        if chunked:
-            lines.append(b"Transfer-Encoding: chunked")
-        elif lengths:
-            lines.append(b"Content-Length: " + lengths[0].strip())
-        lines.append(b"Connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n", chunked
 
     async def _open(
         self, flow: _Flow, host: Address | str, port: int
@@ -544,11 +293,11 @@ class EgressProxy:
                         str(host), port, self.policy, lookup_timeout=min(RESOLVE_TIMEOUT, self.limits.connect_timeout)
                     )
                 except SSRFBlocked as exc:
-                    raise _Refused(403, f"address_{exc.reason}", str(exc), address=exc.address) from exc
+                    raise Refused(403, f"address_{exc.reason}", str(exc), address=exc.address) from exc
                 except TimeoutError:
                     raise
                 except OSError as exc:
-                    raise _Refused(502, "resolve_failed", repr(exc)) from exc
+                    raise Refused(502, "resolve_failed", repr(exc)) from exc
                 failure: OSError | None = None
                 for item in vetted:
                     flow.address = str(item.address)
@@ -564,8 +313,8 @@ class EgressProxy:
                         sock.close()
                         raise
         except TimeoutError as exc:
-            raise _Refused(504, "connect_timeout") from exc
-        raise _Refused(502, "connect_failed", repr(failure))
+            raise Refused(504, "connect_timeout") from exc
+        raise Refused(502, "connect_failed", repr(failure))
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, data: bytes) -> int:
@@ -620,7 +369,7 @@ class EgressProxy:
     async def _send_body(
         self,
         reader: asyncio.StreamReader,
-        request: _Request,
+        request: Request,
         origin: asyncio.StreamWriter,
         flow: _Flow,
         *,
@@ -667,24 +416,22 @@ class EgressProxy:
         raise error
 
     def _emit(self, flow: _Flow) -> None:
-        record: JSONObject = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "kind": "egress",
-            "server": self.name,
-            "method": flow.method,
-            "host": flow.host,
-            "port": flow.port,
-            "address": flow.address,
-            "decision": flow.decision,
-            "reason": flow.reason,
-            "status": flow.status,
-            "end": flow.end,
-            "bytes_up": flow.bytes_up,
-            "bytes_down": flow.bytes_down,
-            "latency_ms": round((time.monotonic() - flow.started) * 1000, 3),
-        }
-        if flow.detail:
-            record["detail"] = flow.detail[:MAX_DETAIL]
+        record = egress_record(
+            self.name,
+            request_id=secrets.token_hex(8),
+            method=flow.method,
+            host=flow.host,
+            port=flow.port,
+            address=flow.address,
+            decision=flow.decision,
+            reason=flow.reason,
+            status=flow.status,
+            end=flow.end,
+            bytes_up=flow.bytes_up,
+            bytes_down=flow.bytes_down,
+            latency_ms=(time.monotonic() - flow.started) * 1000,
+            detail=flow.detail,
+        )
         logger.log(
             logging.INFO if flow.decision == "allow" else logging.WARNING,
             "egress %s %s %s:%s -> %s: %s %s (%s) up=%d down=%d",
