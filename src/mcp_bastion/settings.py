@@ -17,14 +17,14 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.oauth.oidc_client import url_problem
-from mcp_bastion.sandbox.profile import SandboxSettings
+from mcp_bastion.sandbox.profile import SandboxSection, SandboxSettings, select_profile
 from mcp_bastion.scan.secrets import pii_detector
 
 ENV_PREFIX = "MCP_BASTION_"
@@ -462,7 +462,8 @@ class UpstreamSettings(_Model):
     """Per-tool overrides of what the server declares (annotations are the server's claims, not facts)."""
     auth: UpstreamAuthSettings = UpstreamAuthSettings()
     sandbox: SandboxSettings = SandboxSettings()
-    """How a stdio server is confined (``sandbox.profile``): strict unless ``"dangerously_disabled"``."""
+    """How a stdio server is confined (``sandbox/profile.py``): strict unless ``"dangerously_disabled"``. A
+    profile name or ``{profile = ...}`` is resolved by ``Settings`` before this model sees it."""
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamSettings:
@@ -546,9 +547,28 @@ class Settings(_Model):
     vault: VaultSettings = VaultSettings()
     integrity: IntegritySettings = IntegritySettings()
     inspect: InspectSettings = InspectSettings()
+    sandbox: SandboxSection = SandboxSection()
+    """``[sandbox.profiles.<name>]``: named profiles, selected by ``upstreams.<name>.sandbox``."""
     upstreams: dict[Annotated[str, Field(pattern=_NAME.pattern)], UpstreamSettings] = Field(default_factory=dict)
     """Names never contain ``.``: the aggregate endpoint splits ``<server>.<tool>`` at the first one."""
     aggregate: AggregateSettings = AggregateSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _select_sandbox_profiles(cls, data: Any) -> Any:
+        # Once, here: the rest of the code sees each upstream's sandbox as one concrete profile, and its
+        # consistency checks run on the named profile with the upstream's overrides applied.
+        if not isinstance(data, Mapping) or not isinstance(upstreams := data.get("upstreams"), Mapping):
+            return data
+        section = data.get("sandbox")
+        profiles = section.get("profiles") if isinstance(section, Mapping) else None
+        selected = {
+            name: {**up, "sandbox": select_profile(up["sandbox"], profiles)}
+            if isinstance(up, Mapping) and "sandbox" in up
+            else up
+            for name, up in upstreams.items()
+        }
+        return {**data, "upstreams": selected}
 
     @field_validator("upstreams")
     @classmethod

@@ -1,30 +1,62 @@
-"""The sandbox profile of one stdio upstream: ``[upstreams.<name>.sandbox]`` (or ``sandbox = "strict"``).
+"""Sandbox profiles: how one stdio upstream is confined, and the named profiles upstreams select.
 
 Strict is the default for every stdio upstream: namespaces (bubblewrap), seccomp, Landlock, rlimits, no
 network. ``mode = "dangerously_disabled"`` runs the server with the gateway's own rights (a WARNING at every
 start names it). What a profile can open up is listed here and nothing else: extra read-only paths, one
 writable data directory, egress through the gateway's proxy to named ``host:port`` pairs, larger limits.
 
-    [upstreams.files.sandbox]
-    read_only = ["/srv/docs"]
-    data_dir = "files"               # relative: under <state_dir>/sandbox/, created 0700
+Profiles are named under ``[sandbox.profiles.<name>]``, each a whole ``SandboxSettings`` (what it leaves
+unset is strict's default). An upstream selects one by name, and may override fields on top:
+
+    [sandbox.profiles.web]
     network = "proxy"                # "none" (default) or "proxy"
     egress = ["api.github.com:443"]
     egress_allowed_networks = []     # weakening: private CIDRs the proxy may reach (internal APIs)
     memory_mb = 1024
+
+    [upstreams.github]
+    command = ["github-mcp-server", "stdio"]
+    sandbox = "web"                  # short form: a built-in or named profile
+
+    [upstreams.files.sandbox]
+    profile = "web"                  # the named profile, then these fields replace its own
+    read_only = ["/srv/docs"]
+    data_dir = "files"               # relative: under <state_dir>/sandbox/, created 0700
     call_timeout_seconds = 30
+
+Two names are built in: ``strict`` (the default) and ``dangerously_disabled``; no profile may take either
+name. A named profile is always strict: the only way to run a server unconfined is to write
+``dangerously_disabled`` at that upstream, where a reviewer reads it. A table without ``profile`` is a
+profile of its own (``mode`` plus fields, on strict's defaults), as before named profiles existed.
+
+Why ``[sandbox.profiles.<name>]`` rather than a top-level ``[sandbox_profiles.<name>]``: it mirrors the
+``mcp-bastion sandbox`` command group and gives machine-wide sandbox options one table to live in, without
+another top-level key.
+
+The selection is resolved once, when the settings load (``select_profile`` over the raw tables): every
+reader sees ``upstream.sandbox`` as one concrete ``SandboxSettings``, and its consistency checks (egress
+needs the proxy, ...) run on the named profile with the upstream's overrides applied.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mcp_bastion.errors import ConfigError
 
 SandboxMode = Literal["strict", "dangerously_disabled"]
 NetworkMode = Literal["none", "proxy"]
+
+BUILTIN_PROFILES: Final[tuple[str, ...]] = get_args(SandboxMode)
+"""Profile names no ``[sandbox.profiles.<name>]`` may take; each is the profile of that ``mode``."""
+
+DEFAULT_PROFILE: Final = "strict"
 
 PROXY_PORT: Final = 3128
 """Loopback port, inside the sandbox's own network namespace, where the forwarder listens."""
@@ -66,6 +98,8 @@ class SandboxSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _mode_alone(cls, data: Any) -> Any:
+        if isinstance(data, Unresolved):
+            raise ValueError(data.problem)
         # ``sandbox = "strict"`` is short for ``[sandbox] mode = "strict"``.
         return {"mode": data} if isinstance(data, str) else data
 
@@ -99,3 +133,96 @@ class SandboxSettings(BaseModel):
         if self.data_dir.is_absolute():
             return self.data_dir
         return (state_dir / "sandbox" / self.data_dir).absolute()
+
+
+ProfileName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class SandboxSection(BaseModel):
+    """``[sandbox]``: the named profiles upstreams (and ``mcp-bastion sandbox run --profile``) select."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profiles: Mapping[ProfileName, SandboxSettings] = Field(default_factory=dict)
+    """``[sandbox.profiles.<name>]``: each a whole profile; what it leaves unset is strict's default."""
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _new_names_and_tables(cls, value: Any) -> Any:
+        # Before the fields: a redefined built-in is the one error worth reading, whatever the table holds.
+        if isinstance(value, Mapping):
+            for name, table in value.items():
+                if name in BUILTIN_PROFILES:
+                    raise ValueError(f"sandbox.profiles.{name}: {name!r} is a built-in profile, choose another name")
+                if not isinstance(table, Mapping):
+                    # A string would be SandboxSettings' short form, an alias of a built-in.
+                    raise ValueError(f"sandbox.profiles.{name} must be a table ([sandbox.profiles.{name}])")
+        return value
+
+    @field_validator("profiles")
+    @classmethod
+    def _named_profiles_are_strict(cls, value: Mapping[str, SandboxSettings]) -> Mapping[str, SandboxSettings]:
+        for name, profile in value.items():
+            if not profile.strict:
+                # Unconfined must be written at the upstream itself, not hidden behind a friendly name.
+                raise ValueError(
+                    f'sandbox.profiles.{name}: a named profile is always strict; set sandbox = "dangerously_disabled"'
+                    " on the upstream that must run unconfined"
+                )
+        return value
+
+    def named(self, name: str) -> SandboxSettings:
+        """The profile called ``name`` (built-in or configured); ``ConfigError`` naming the known ones."""
+        if name in BUILTIN_PROFILES:
+            return SandboxSettings.model_validate({"mode": name})
+        if name in self.profiles:
+            return self.profiles[name]
+        raise ConfigError(unknown_profile(name, self.profiles))
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """A selection ``select_profile`` could not resolve, raised by ``SandboxSettings`` when it validates it.
+
+    Deferred rather than raised at once: raised in a model's "before" validator, the error would stop the
+    whole settings validation (every other mistake in the file unreported) and be located at the root.
+    """
+
+    problem: str
+
+
+def select_profile(choice: object, profiles: object) -> object:
+    """The raw ``sandbox`` table an upstream's value stands for, before validation.
+
+    ``"name"`` is that profile; ``{profile = "name", ...}`` is that profile with the other fields replacing
+    its own (whole values: an ``egress`` list replaces the profile's list); any other value (a table with
+    ``mode``, say) is returned unchanged. ``profiles`` is the raw ``[sandbox.profiles]`` table. Works on raw
+    data so that the merged table is validated as one profile, its errors located at the upstream.
+    """
+    overrides: Mapping[str, object] = {}
+    if isinstance(choice, str):
+        name = choice
+    elif isinstance(choice, Mapping) and "profile" in choice:
+        name = choice["profile"]
+        if not isinstance(name, str):
+            return Unresolved(f"profile must be a profile name, got {name!r}")
+        overrides = {key: value for key, value in choice.items() if key != "profile"}
+        if "mode" in overrides:
+            return Unresolved("give profile or mode, not both (the profile names the mode)")
+    else:
+        return choice
+    named = profiles if isinstance(profiles, Mapping) else {}
+    if name in BUILTIN_PROFILES:
+        base: Mapping[str, object] = {"mode": name}
+    elif name not in named:
+        return Unresolved(unknown_profile(name, named))
+    elif isinstance(table := named[name], Mapping):
+        base = table
+    else:
+        return Unresolved(f"the sandbox profile {name!r} is not valid (see sandbox.profiles.{name})")
+    return {**base, **overrides}
+
+
+def unknown_profile(name: str, profiles: Mapping[str, object]) -> str:
+    known = ", ".join([*BUILTIN_PROFILES, *sorted(profiles)])
+    return f"no sandbox profile {name!r} (known: {known}; define others as [sandbox.profiles.<name>])"
