@@ -48,6 +48,7 @@ def test_the_short_form_and_the_warning_at_every_start() -> None:
             {"network": "proxy", "egress": ["api.internal:443"], "egress_allowed_networks": ["10.0.0.0/33"]},
             id="allowed-networks-bad-cidr",
         ),
+        pytest.param({"socket_families": ["packet"]}, id="unknown-socket-family"),
         pytest.param({"memory_mb": 0}, id="no-memory"),
         pytest.param({"call_timeout_seconds": 0}, id="no-time"),
         pytest.param({"typo": 1}, id="unknown-option"),

@@ -131,7 +131,7 @@ class Sandbox:
         fds: dict[str, int] = {}
         group: PidsGroup | None = None
         try:
-            fds["seccomp"] = seccomp.memfd("seccomp", seccomp.bpf_program(self.profile.network))
+            fds["seccomp"] = seccomp.memfd("seccomp", seccomp.bpf_program(self.profile.families))
             for key, data in plan.data.items():
                 fds[key] = seccomp.memfd(key, data)
             if self._cgroup:

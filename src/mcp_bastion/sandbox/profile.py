@@ -52,6 +52,7 @@ from mcp_bastion.errors import ConfigError
 
 SandboxMode = Literal["strict", "dangerously_disabled"]
 NetworkMode = Literal["none", "proxy"]
+SocketFamily = Literal["unix", "inet", "inet6", "netlink"]
 
 BUILTIN_PROFILES: Final[tuple[str, ...]] = get_args(SandboxMode)
 """Profile names no ``[sandbox.profiles.<name>]`` may take; each is the profile of that ``mode``."""
@@ -83,6 +84,11 @@ class SandboxSettings(BaseModel):
     egress_allowed_networks: tuple[str, ...] = ()
     """Weakening: CIDRs the proxy may connect to although private, loopback or link-local (an internal API).
     Empty (default): allowed names must resolve to public addresses. Logged at every start."""
+    socket_families: tuple[SocketFamily, ...] | None = None
+    """Socket families seccomp lets the server create; every other family, and raw sockets, get EPERM.
+    Default: ``unix``, plus ``inet`` with ``network = "proxy"`` (the forwarder). ``inet6``/``netlink`` only
+    ever reach the sandbox's own loopback-only namespace, but widen the kernel surface: open them only for a
+    server that fails without them."""
     memory_mb: int = Field(512, ge=16, le=1 << 20)
     """Address-space limit (RLIMIT_AS) of each process of the server."""
     cpu_seconds: int = Field(60, ge=1, le=86400)
@@ -116,11 +122,21 @@ class SandboxSettings(BaseModel):
             ipaddress.ip_network(cidr)  # ValueError names the bad entry
         if self.network == "proxy" and not self.egress:
             raise ValueError('network = "proxy" needs egress (the host:port pairs the server may reach)')
+        if self.network == "proxy" and not {"unix", "inet"} <= set(self.families):
+            # The forwarder listens on 127.0.0.1 (inet) and reaches the gateway over a Unix socket.
+            raise ValueError('network = "proxy" needs socket_families "unix" and "inet"')
         for target in self.egress:
             host, sep, port = target.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"egress entries are host:port, got {target!r}")
         return self
+
+    @property
+    def families(self) -> tuple[SocketFamily, ...]:
+        """The socket families in force, in a stable order (the seccomp program is cached on it)."""
+        default: tuple[SocketFamily, ...] = ("unix", "inet") if self.network == "proxy" else ("unix",)
+        chosen = default if self.socket_families is None else self.socket_families
+        return tuple(sorted(set(chosen)))
 
     @property
     def strict(self) -> bool:

@@ -5,9 +5,10 @@ Default ALLOW, and EPERM for what a tool server never needs and a kernel exploit
 tracing other processes, (un)mounting, new namespaces (``unshare``, ``setns``, ``clone`` with a
 ``CLONE_NEW*`` flag; ``clone3`` answers ENOSYS so that libc falls back to ``clone``, whose flags can be
 inspected), kernel keyrings, BPF, modules, kexec, perf, userfaultfd, handle-based opens, personality
-changes, raw I/O ports, clocks, swap, quotas, chroot. Sockets: AF_UNIX always, AF_INET only with
-``network = "proxy"`` (the forwarder listens on 127.0.0.1 inside the server's own network namespace);
-every other family (AF_INET6, AF_NETLINK, AF_PACKET, ...) and every SOCK_RAW socket is refused. A syscall
+changes, raw I/O ports, clocks, swap, quotas, chroot. Sockets: the profile's ``socket_families`` (by
+default AF_UNIX, plus AF_INET with ``network = "proxy"``: the forwarder listens on 127.0.0.1 inside the
+server's own network namespace); every other family (AF_INET6, AF_NETLINK, AF_PACKET, ...) and every
+SOCK_RAW socket is refused. A syscall
 of a foreign architecture (the 32-bit ABI on x86-64) kills the process (libseccomp's default).
 """
 
@@ -21,7 +22,7 @@ import socket
 import tempfile
 from typing import Final
 
-from mcp_bastion.sandbox.profile import NetworkMode
+from mcp_bastion.sandbox.profile import SocketFamily
 
 DENIED: Final = (
     "ptrace",
@@ -92,13 +93,21 @@ PERSONALITY_WEAKENING: Final = (
 SOCK_TYPE_MASK: Final = 0xF
 
 
-def allowed_families(network: NetworkMode) -> tuple[int, ...]:
-    """Socket address families a server of this profile may create."""
-    return (socket.AF_UNIX, socket.AF_INET) if network == "proxy" else (socket.AF_UNIX,)
+FAMILIES: Final[dict[SocketFamily, int]] = {
+    "unix": socket.AF_UNIX,
+    "inet": socket.AF_INET,
+    "inet6": socket.AF_INET6,
+    "netlink": socket.AF_NETLINK,
+}
 
 
-def build_filter(network: NetworkMode) -> object:
-    """The libseccomp filter (a ``pyseccomp.SyscallFilter``) for a profile's network mode."""
+def allowed_families(families: tuple[SocketFamily, ...]) -> tuple[int, ...]:
+    """The address family numbers of a profile's ``families``, ascending."""
+    return tuple(sorted({FAMILIES[name] for name in families}))
+
+
+def build_filter(families: tuple[SocketFamily, ...]) -> object:
+    """The libseccomp filter (a ``pyseccomp.SyscallFilter``) for a profile's socket families."""
     import pyseccomp as sc  # type: ignore[import-untyped]
 
     eperm = sc.ERRNO(errno.EPERM)
@@ -115,11 +124,14 @@ def build_filter(network: NetworkMode) -> object:
     # A personality with a flag that weakens the process (no ASLR, executable data, page zero) is refused.
     # One comparison per argument and rule (libseccomp), so the query 0xffffffff is refused too: EPERM.
     _add(flt, eperm, "personality", any_bit=PERSONALITY_WEAKENING)
-    families = sorted(allowed_families(network))
+    numbers = allowed_families(families)
     for syscall in ("socket", "socketpair"):
         # Refuse every family outside the allowed ones, written as ranges (libseccomp ORs separate rules).
-        _add(flt, eperm, syscall, sc.Arg(0, sc.LT, families[0]))
-        for low, high in zip(families, [*families[1:], None], strict=True):
+        if not numbers:
+            _add(flt, eperm, syscall)
+            continue
+        _add(flt, eperm, syscall, sc.Arg(0, sc.LT, numbers[0]))
+        for low, high in zip(numbers, [*numbers[1:], None], strict=True):
             if high is None:
                 _add(flt, eperm, syscall, sc.Arg(0, sc.GT, low))
             else:
@@ -149,9 +161,9 @@ def _add(flt: object, action: int, name: str, *args: object, any_bit: int = 0) -
 
 
 @functools.cache
-def bpf_program(network: NetworkMode) -> bytes:
-    """The compiled BPF of the profile's filter (cached: it depends on the network mode only)."""
-    flt = build_filter(network)
+def bpf_program(families: tuple[SocketFamily, ...]) -> bytes:
+    """The compiled BPF of the profile's filter (cached: it depends on the socket families only)."""
+    flt = build_filter(families)
     with tempfile.TemporaryFile() as out:
         flt.export_bpf(out)  # type: ignore[attr-defined]
         out.seek(0)
@@ -161,7 +173,7 @@ def bpf_program(network: NetworkMode) -> bytes:
 def seccomp_available() -> str | None:
     """None when filters can be built and the kernel takes them; else why not."""
     try:
-        bpf_program("none")
+        bpf_program(("unix",))
     except (ImportError, OSError) as exc:
         return f"libseccomp/pyseccomp unusable: {exc}"
     try:
