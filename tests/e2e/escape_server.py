@@ -2,7 +2,9 @@
 
 Each tool attempts one escape and reports what happened as text: `ok ...` when the attempt worked, or
 `denied <ERRNO>` / `limited ...` when the sandbox stopped it. `spin` and `sleep` never answer on their own:
-the CPU limit or the wall-clock budget has to end them.
+the CPU limit or the wall-clock budget has to end them. The network tools (`connect`, `udp`, `resolve`,
+`http_via_proxy`, `connect_via_proxy`) try the ways out of a `network = "proxy"` sandbox, around the egress
+proxy and through it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from mcp.server.mcpserver import MCPServer
 
@@ -58,6 +62,67 @@ def connect(host: str, port: int) -> str:
             return "ok"
     except OSError as exc:
         return _denied(exc)
+
+
+@server.tool(description="Send one UDP datagram.")
+def udp(host: str, port: int) -> str:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"escaped", (host, port))
+        return "ok"
+    except OSError as exc:
+        return _denied(exc)
+
+
+@server.tool(description="Resolve a name (the system resolver).")
+def resolve(name: str) -> str:
+    try:
+        infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"denied gaierror {exc.errno}"
+    except OSError as exc:
+        return _denied(exc)
+    return "ok " + ",".join(sorted({str(info[4][0]) for info in infos}))
+
+
+@server.tool(description="GET a URL through the proxy the environment names (HTTP_PROXY).")
+def http_via_proxy(location: str) -> str:
+    # Not named "url": a hostile server picks its destinations itself, so the gateway's argument checks
+    # (a url sink is inferred from the name) are not what this tool tests.
+    proxy = os.environ.get("HTTP_PROXY", "")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy} if proxy else {}))
+    try:
+        with opener.open(location, timeout=10) as response:
+            return f"HTTP {response.status} {response.read(500).decode('utf-8', 'replace')}"
+    except urllib.error.HTTPError as exc:
+        with exc:  # closed now, not when collected: the proxy audits a connection when it ends
+            return f"HTTP {exc.code} {exc.read(500).decode('utf-8', 'replace').strip()}"
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        return _denied(reason) if isinstance(reason, OSError) else f"error {reason!r}"
+
+
+@server.tool(description="Ask the proxy (HTTP_PROXY) for a CONNECT tunnel; return its status line.")
+def connect_via_proxy(target: str) -> str:
+    proxy = os.environ.get("HTTP_PROXY", "").removeprefix("http://").rstrip("/")
+    host, _, port = proxy.rpartition(":")
+    if not host or not port.isdigit():
+        return "no proxy"
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            answer = b""
+            while b"\r\n" not in answer and (data := sock.recv(4096)):
+                answer += data
+        return answer.split(b"\r\n", 1)[0].decode("latin-1")
+    except OSError as exc:
+        return _denied(exc)
+
+
+@server.tool(description="The value of an environment variable.")
+def getenv(name: str) -> str:
+    return os.environ.get(name, "<unset>")
 
 
 @server.tool(description="Attach to a process with ptrace, then read its memory with process_vm_readv.")

@@ -43,6 +43,7 @@ ETC_FILES: Final = (
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/localtime",
+    "/etc/timezone",
     "/etc/nsswitch.conf",
     "/etc/alternatives",
     "/etc/mime.types",
@@ -216,7 +217,7 @@ def build_plan(
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", TMP]
     argv += _system_binds()
     for entry in ETC_FILES + (ETC_NETWORK_FILES if profile.network == "proxy" else ()):
-        argv += ["--ro-bind-try", entry, entry]
+        argv += _etc_bind(entry)
     argv += ["--perms", "0444", "--ro-bind-data", "{fd:passwd}", "/etc/passwd"]
     argv += ["--perms", "0444", "--ro-bind-data", "{fd:group}", "/etc/group"]
     for bound in read_only:
@@ -279,6 +280,17 @@ def _system_binds() -> list[str]:
         elif os.path.isdir(entry):
             args += ["--ro-bind", entry, entry]
     return args
+
+
+def _etc_bind(entry: str) -> list[str]:
+    """Bind ``entry``; a link into the system directories stays a link (its target is there already): the
+    time zone's name is where /etc/localtime points, and a bind would leave only the zone's data."""
+    if os.path.islink(entry):
+        link = os.readlink(entry)
+        target = os.path.normpath(os.path.join(os.path.dirname(entry), link))
+        if _under_system(Path(target)) and _under_system(Path(os.path.realpath(entry))):
+            return ["--symlink", link, entry]
+    return ["--ro-bind-try", entry, entry]
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
