@@ -50,10 +50,13 @@ class Origin:
 
     port: int = 0
     seen: asyncio.Queue[Seen] = field(default_factory=asyncio.Queue)
+    heads: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    """Each request head as soon as it arrives, before the body is read."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.put_nowait(head)
             seen = Seen(str(writer.get_extra_info("peername")[0]), head, b"", b"")
             length = seen.header("content-length")
             if length:
@@ -74,6 +77,10 @@ class Origin:
     async def next(self) -> Seen:
         with anyio.fail_after(BOUND):
             return await self.seen.get()
+
+    async def next_head(self) -> bytes:
+        with anyio.fail_after(BOUND):
+            return await self.heads.get()
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -195,6 +202,24 @@ async def ask(proxy: EgressProxy, raw: bytes) -> bytes:
 
 def status(response: bytes) -> int:
     return int(response[9:12])
+
+
+def expect(record: JSONObject, **fields: object) -> None:
+    """An egress record of the proxy ``srv`` (see ``audit.record.egress_record``) with these fields."""
+    assert record["kind"] == "egress"
+    assert record["server"] == "srv"
+    assert {key: record[key] for key in fields} == fields
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """The stdlib loop, and uvloop (what the gateway serves on); a test module imports it to run on both."""
+    return request.param
 
 
 def install(dns: FakeDNS, monkeypatch: pytest.MonkeyPatch) -> FakeDNS:

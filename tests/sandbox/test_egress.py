@@ -17,14 +17,17 @@ import trustme
 
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.jsonrpc.message import JSONObject
+from mcp_bastion.sandbox import egress
 from mcp_bastion.sandbox.egress import EgressProxy
 from mcp_bastion.sandbox.egressrules import EgressLimits
 from tests.sandbox.egress_fixtures import (
     BOUND,
     LOCAL,
     FakeDNS,
+    anyio_backend,  # noqa: F401 -- the fixture: every test here runs on asyncio and on uvloop
     ask,
     echo_server,
+    expect,
     free_port,
     install,
     origin_server,
@@ -35,24 +38,6 @@ from tests.sandbox.egress_fixtures import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    """The stdlib loop, and uvloop (what the gateway serves on)."""
-    return request.param
-
-
-def expect(record: JSONObject, **fields: object) -> None:
-    """An egress record of the proxy ``srv`` (see ``audit.record.egress_record``) with these fields."""
-    assert record["kind"] == "egress"
-    assert record["server"] == "srv"
-    assert {key: record[key] for key in fields} == fields
 
 
 @pytest.mark.parametrize(
@@ -439,6 +424,21 @@ async def test_unreachable_and_unresolvable_origins(tmp_path: Path, monkeypatch:
     assert b"error=dns_error" in unknown
     expect(records[0], decision="error", reason="connect_failed", address="127.0.0.1", status=502)
     expect(records[1], decision="error", reason="resolve_failed", address=None, status=502)
+
+
+async def test_a_lookup_with_no_address_is_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # netguard.check_host raises rather than return nothing; if it ever did, the refusal must still say why.
+    async def nothing(*_: object, **__: object) -> list[object]:
+        return []
+
+    monkeypatch.setattr(egress, "check_host", nothing)
+    async with running(tmp_path, ["empty.test:443"]) as (proxy, audit):
+        response = await ask(proxy, b"CONNECT empty.test:443 HTTP/1.1\r\n\r\n")
+        [record] = await audit.wait()
+    assert status(response) == 502
+    assert b"error=dns_error" in response
+    expect(record, decision="error", reason="resolve_failed", address=None, host="empty.test", status=502)
+    assert record["detail"] == "'empty.test' resolved to no address"
 
 
 async def test_slow_head_times_out(tmp_path: Path) -> None:

@@ -24,11 +24,7 @@ class Notes:
 def parsed(raw: bytes, limits: EgressLimits | None = None) -> tuple[Request, bytes | None]:
     """``raw`` fed to a ``Request`` in one piece, as the proxy does with one read."""
     request = Request(limits or EgressLimits())
-    try:
-        request.parser.feed_data(raw)
-    except httptools.HttpParserUpgrade as exc:
-        return request, raw[exc.args[0] :]
-    return request, None
+    return request, request.feed(raw)
 
 
 def decided(raw: bytes) -> tuple[Plan, Notes]:
@@ -119,6 +115,42 @@ def test_only_the_first_request_is_parsed() -> None:
     assert (request.method, bytes(request.url), request.body) == ("POST", b"http://origin.test/1", [b"hi"])
     assert request.headers == [(b"Content-Length", b"2")]
     assert request.complete
+    assert request.pipelined
+
+
+FIRST = b"POST http://origin.test/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        pytest.param([FIRST + b"hi", b"CONNECT evil.test:443 HTTP/1.1\r\n\r\n"], id="connect-later"),
+        pytest.param([FIRST, b"hiCONNECT evil.test:443 HTTP/1.1\r\n\r\n"], id="connect-with-the-body"),
+        pytest.param([FIRST + b"hiGET http://x/ HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n"], id="upgrade"),
+        pytest.param([FIRST + b"hi\x16\x03\x01"], id="garbage"),
+        pytest.param([FIRST.replace(b"1.1", b"1.0") + b"hiGET http://x/ HTTP/1.1\r\n\r\n"], id="after-http-1.0"),
+        pytest.param([FIRST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + b"hiGET "], id="after-close"),
+    ],
+)
+def test_what_follows_the_first_request_is_noted_and_not_parsed(pieces: list[bytes]) -> None:
+    request = Request(EgressLimits())
+    assert [request.feed(piece) for piece in pieces] == [None] * len(pieces)
+    assert (request.method, bytes(request.url), b"".join(request.body)) == ("POST", b"http://origin.test/1", b"hi")
+    assert request.complete
+    assert request.pipelined
+    assert request.feed(b"GET http://evil.test/ HTTP/1.1\r\n\r\n") is None  # and nothing more is parsed
+
+
+def test_a_lone_request_is_not_pipelined_and_its_own_errors_raise() -> None:
+    request, early = parsed(FIRST + b"hi\r\n\r\n")  # blank lines between requests are not a request
+    assert (early, request.complete, request.pipelined) == (None, True, False)
+    upgrade, early = parsed(b"GET http://x/ HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\nframe")
+    assert (early, upgrade.pipelined) == (b"frame", False)
+    broken = Request(EgressLimits())
+    broken.feed(b"POST http://x/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(httptools.HttpParserError):
+        broken.feed(b"zz\r\n")
+    assert not broken.pipelined
 
 
 @pytest.mark.parametrize(

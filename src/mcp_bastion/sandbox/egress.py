@@ -15,15 +15,17 @@ Invariants:
 - IP literals pass only when listed literally, in ``netguard``'s canonical form (``2130706433``,
   ``127.1`` and ``[::ffff:127.0.0.1]`` are not ``127.0.0.1``);
 - a plain HTTP request reaches the origin with the client's Host (which must agree with the URL), without
-  ``Proxy-Authorization`` or hop-by-hop fields, framed by the proxy; bytes after its body (a pipelined or
-  smuggled second request) are never forwarded;
+  ``Proxy-Authorization`` or hop-by-hop fields, framed by the proxy; a connection is one request: bytes
+  after its body (a pipelined or smuggled second request) are never forwarded nor answered, the first
+  request goes out whole, and its audit record's detail says ``pipelining_not_supported``;
 - every connection that sent a byte ends in exactly one audit record (refusals as soon as decided,
   tunnels when they close, with bytes up and down), also written to the operator log;
 - heads, connection count, the time to send a head, to connect and to stay idle are all bounded.
 
-This module is the server: connections, DNS, connecting, relaying and the audit record. What may go out
-is ``egressrules`` (the allow-list, the limits); what one request asks and whether it may go out is
-``egressrequest`` (the head parser, the decision, the origin's head), which touches no socket.
+This module is the server: it accepts a connection, reads the head, has it decided, resolves and connects,
+and emits the audit record. What may go out is ``egressrules`` (the allow-list, the limits); what one
+request asks and whether it may go out is ``egressrequest`` (the head parser, the decision, the origin's
+head), which touches no socket; moving the bytes of an allowed connection is ``egressrelay``.
 
 Refusals are answered ``403`` (or ``400``/``408``/``431``/``502``/``503``/``504``) with a short reason in
 the body and an RFC 9209 ``Proxy-Status`` field. They are ``egressrequest.Refused``: the proxy renders
@@ -41,7 +43,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -51,6 +53,7 @@ import httptools
 from mcp_bastion.audit.record import egress_record
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.netguard import RESOLVE_TIMEOUT, Address, Policy, SSRFBlocked, check_host, networks
+from mcp_bastion.sandbox.egressrelay import READ_SIZE, Relay, Streams
 from mcp_bastion.sandbox.egressrequest import Refused, Request, decide, refusal_response
 from mcp_bastion.sandbox.egressrules import AllowList, EgressLimits
 
@@ -61,16 +64,12 @@ __all__ = ["AllowList", "EgressLimits", "EgressProxy"]
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE: Final = 65_536
-"""Bytes read from a socket at a time (and so the most body a single read can buffer)."""
 _DEFAULT_LIMITS: Final = EgressLimits()
 """Frozen, so one shared default is safe."""
 _SOCKET_PATH_MAX: Final = 107
 """``sun_path`` holds 108 bytes with the terminating NUL."""
-
-
-class _Idle(Exception):
-    """No byte moved either way for ``idle_timeout`` seconds."""
+_PIPELINED: Final = "pipelining_not_supported: what followed the first request was not forwarded"
+"""The audit detail of a plain request that something followed on its connection."""
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, sockaddr: tuple[str, int]) -> None:
@@ -237,22 +236,15 @@ class EgressProxy:
         request, early = head
         flow.method = request.method
         plan = decide(request, early, self.allow, flow)
-        origin_reader, origin = await self._open(flow, plan.host, plan.port)
+        origin = await self._open(flow, plan.host, plan.port)
         try:
             flow.decision, flow.reason = "allow", "ok"
-            if plan.tunnel:
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                flow.status = 200
-            flow.bytes_up += self._send(origin, plan.first)
-            flow.end = await self._relay(
-                self._pump(reader, origin, flow, "bytes_up")
-                if plan.tunnel
-                else self._send_body(reader, request, origin, flow, chunked=plan.chunked),
-                self._pump(origin_reader, writer, flow, "bytes_down", status=not plan.tunnel),
-                both=plan.tunnel,
-            )
+            relay = Relay((reader, writer), origin, flow, idle_timeout=self.limits.idle_timeout)
+            flow.end = await relay.carry(plan, request)
+            if request.pipelined:
+                flow.detail = _PIPELINED
         finally:
-            origin.close()
+            origin[1].close()
 
     async def _read_head(self, reader: asyncio.StreamReader, flow: _Flow) -> tuple[Request, bytes | None] | None:
         """The request up to its head, and the bytes after a CONNECT or upgrade head (None: not one); None
@@ -269,9 +261,7 @@ class EgressProxy:
                         return None
                     flow.received += len(data)
                     try:
-                        request.parser.feed_data(data)
-                    except httptools.HttpParserUpgrade as exc:
-                        early = data[exc.args[0] :]
+                        early = request.feed(data)
                     except httptools.HttpParserError as exc:
                         raise Refused(400, "bad_request", str(exc)) from exc
         except TimeoutError as exc:
@@ -281,9 +271,7 @@ class EgressProxy:
             raise Refused(431, "headers_too_large")
         return request, early
 
-    async def _open(
-        self, flow: _Flow, host: Address | str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(self, flow: _Flow, host: Address | str, port: int) -> Streams:
         """Resolve and vet ``host``, then connect to a vetted address (never resolving again)."""
         loop = asyncio.get_running_loop()
         try:
@@ -298,6 +286,8 @@ class EgressProxy:
                     raise
                 except OSError as exc:
                     raise Refused(502, "resolve_failed", repr(exc)) from exc
+                if not vetted:  # check_host raises instead; should that change, still say what went wrong
+                    raise Refused(502, "resolve_failed", f"{str(host)!r} resolved to no address")
                 failure: OSError | None = None
                 for item in vetted:
                     flow.address = str(item.address)
@@ -315,105 +305,6 @@ class EgressProxy:
         except TimeoutError as exc:
             raise Refused(504, "connect_timeout") from exc
         raise Refused(502, "connect_failed", repr(failure))
-
-    @staticmethod
-    def _send(writer: asyncio.StreamWriter, data: bytes) -> int:
-        if data:
-            writer.write(data)
-        return len(data)
-
-    async def _read(self, reader: asyncio.StreamReader, flow: _Flow) -> bytes:
-        """The next bytes from ``reader``; ``_Idle`` once nothing has moved either way for too long."""
-        loop = asyncio.get_running_loop()
-        while True:
-            wait = flow.last + self.limits.idle_timeout - loop.time()
-            if wait <= 0:
-                raise _Idle
-            scope = asyncio.timeout(wait)
-            try:
-                async with scope:
-                    data = await reader.read(READ_SIZE)
-            except TimeoutError:
-                if scope.expired():
-                    continue  # the other direction may have moved meanwhile
-                raise
-            flow.last = loop.time()
-            return data
-
-    async def _drain(self, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(self.limits.idle_timeout):
-                await writer.drain()
-        except TimeoutError as exc:
-            raise _Idle from exc
-
-    async def _pump(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        flow: _Flow,
-        counter: Literal["bytes_up", "bytes_down"],
-        *,
-        status: bool = False,
-    ) -> None:
-        """Copy until end of file, then half-close ``writer``. ``status``: note the response's status code."""
-        while data := await self._read(reader, flow):
-            if status and flow.status is None and data.startswith(b"HTTP/") and data[12:13] in (b" ", b"\r"):
-                flow.status = int(data[9:12]) if data[9:12].isdigit() else None
-            writer.write(data)
-            setattr(flow, counter, getattr(flow, counter) + len(data))
-            await self._drain(writer)
-        if writer.can_write_eof():
-            writer.write_eof()
-
-    async def _send_body(
-        self,
-        reader: asyncio.StreamReader,
-        request: Request,
-        origin: asyncio.StreamWriter,
-        flow: _Flow,
-        *,
-        chunked: bool,
-    ) -> None:
-        """Forward the request body, re-framed, and nothing after it."""
-        while True:
-            for piece in filter(None, request.body):  # an empty chunk would end a chunked body
-                flow.bytes_up += self._send(origin, b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
-            request.body.clear()
-            if request.complete:
-                flow.bytes_up += self._send(origin, b"0\r\n\r\n" if chunked else b"")
-                await self._drain(origin)
-                return
-            await self._drain(origin)
-            data = await self._read(reader, flow)
-            if not data:
-                return
-            request.parser.feed_data(data)
-
-    async def _relay(self, up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None], *, both: bool = True) -> str:
-        """Run both directions; end when both finish (``both``) or the origin's does, or either fails.
-        Returns how the connection ended."""
-        tasks = [asyncio.create_task(up), asyncio.create_task(down)]
-        pending = set(tasks)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                failed = any(not task.cancelled() and task.exception() is not None for task in done)
-                if failed or (tasks[1] in done and not both):
-                    break
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        errors = [task.exception() for task in tasks if task.done() and not task.cancelled()]
-        error = next((exc for exc in errors if exc is not None), None)
-        if error is None:
-            return "closed"
-        if isinstance(error, _Idle):
-            return "idle_timeout"
-        if isinstance(error, OSError | httptools.HttpParserError):
-            return "reset" if isinstance(error, OSError) else "bad_request_body"
-        raise error
 
     def _emit(self, flow: _Flow) -> None:
         record = egress_record(

@@ -1,12 +1,15 @@
 """One client request to the egress proxy, sans I/O: the head parsed (httptools callbacks), the decision
 whether it may go out and what the origin is sent first (a ``Plan``), or a ``Refused`` and the answer that
-renders it. The proxy (``egress``) feeds bytes in, and does the DNS, the connecting and the relaying.
+renders it. The proxy (``egress``) feeds bytes in and does the DNS and the connecting; ``egressrelay`` moves
+the bytes of an allowed request.
 
 Invariants:
 - the decision reads only the client's bytes and the allow-list: no DNS here, so a name that is not
   listed is never resolved;
-- only the first request on a connection is parsed into the ``Request``; a pipelined (or smuggled)
-  second one is skipped by the callbacks, so it never reaches the origin;
+- a connection carries one request: parsing stops where a second one (pipelined, smuggled, or any other
+  bytes after the first request's end) would begin, so none of it reaches the origin, whatever the reads
+  it arrives in; the first request goes out whole and the proxy closes after its answer (``pipelined``
+  notes, for the audit record, that something followed);
 - a plain request's head for the origin carries the client's Host (which must agree with the URL), no
   ``Proxy-Authorization`` or hop-by-hop fields (RFC 9110 §7.6.1), and framing set by the proxy.
 
@@ -66,8 +69,12 @@ def refusal_response(refused: Refused) -> bytes:
     ).encode() + body
 
 
+class _SecondRequest(Exception):
+    """Raised by a callback to stop the parser where a second request begins."""
+
+
 class Request:
-    """httptools callbacks for the first request on a connection; later requests are ignored."""
+    """httptools callbacks for the first request on a connection; ``feed`` stops at the end of it."""
 
     def __init__(self, limits: EgressLimits) -> None:
         self._limits = limits
@@ -81,42 +88,58 @@ class Request:
         self.head_done = False
         self.complete = False
         self.body: list[bytes] = []
+        self.pipelined = False
+        """Bytes followed the first request's end (a second request, or anything but blank lines)."""
         self._begun = False
-        self._ignoring = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Parse the client's next bytes; what follows the head when the first request asks for a tunnel
+        or an upgrade (None: it does not). Bytes after the first request's end are not parsed.
+        ``httptools.HttpParserError`` when the first request is malformed."""
+        if self.pipelined:
+            return None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:  # the first request's: parsing never gets to a later one
+            return data[exc.args[0] :]
+        except httptools.HttpParserError:
+            if not self.complete:
+                raise
+            # After the first request: ``_SecondRequest``, or llhttp refusing any byte after a request
+            # that ends its connection (``Connection: close``, HTTP/1.0).
+            self.pipelined = True
+        return None
 
     def on_message_begin(self) -> None:
-        self._ignoring = self._begun
+        if self._begun:
+            self.pipelined = True
+            raise _SecondRequest  # httptools stops parsing, so a later head or body reaches no callback
         self._begun = True
 
     def on_url(self, url: bytes) -> None:
         self._grow(len(url))
-        if not self._ignoring:
-            self.url += url
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._grow(len(name) + len(value) + 4)
-        if not self._ignoring and not self.too_large:
+        if not self.too_large:
             self.headers.append((name, value))
             self.too_large = len(self.headers) > self._limits.max_headers
 
     def _grow(self, size: int) -> None:
-        if not self._ignoring:
-            self.head_size += size
-            self.too_large = self.too_large or self.head_size > self._limits.max_head_bytes
+        self.head_size += size
+        self.too_large = self.too_large or self.head_size > self._limits.max_head_bytes
 
     def on_headers_complete(self) -> None:
-        if not self._ignoring and not self.head_done:
-            # Now, not after feed_data: by then the parser may be inside a pipelined second request.
-            self.method = self.parser.get_method().decode("ascii", "replace")
-            self.version = self.parser.get_http_version()
-            self.head_done = True
+        self.method = self.parser.get_method().decode("ascii", "replace")
+        self.version = self.parser.get_http_version()
+        self.head_done = True
 
     def on_body(self, body: bytes) -> None:
-        if not self._ignoring:
-            self.body.append(body)
+        self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.complete = self.complete or not self._ignoring
+        self.complete = True
 
     def values(self, name: bytes) -> list[bytes]:
         return [value for key, value in self.headers if key.lower() == name]
