@@ -7,12 +7,18 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mcp_bastion.sandbox.cgroup import pids_root, sweep
+from mcp_bastion.sandbox.check import probe
+from mcp_bastion.sandbox.launch import Sandbox
+from mcp_bastion.sandbox.profile import SandboxSettings
 
 ROOT = pids_root()
-pytestmark = pytest.mark.skipif(ROOT is None, reason="no writable pids cgroup hierarchy here")
+pytestmark = pytest.mark.skipif(
+    ROOT is None or not probe().strict_ok, reason="no writable pids cgroup hierarchy, or no sandbox, here"
+)
 
 
 @pytest.fixture
@@ -58,3 +64,22 @@ def test_a_group_with_members_survives_until_they_are_gone(base: Path) -> None:
         member.kill()
         member.wait()
     assert sweep(base) == [group.name]
+
+
+def test_the_server_runs_in_its_group_without_the_groups_descriptor(tmp_path: Path) -> None:
+    # The launcher joins the group and closes the descriptor before the exec: the server is counted, and
+    # cannot use cgroup.procs to move anything else in.
+    sandbox = Sandbox("cgtest", SandboxSettings(), state_dir=tmp_path)
+    anyio.run(sandbox.check)
+    launch = sandbox.prepare(["/bin/sh", "-c", "ls /proc/self/fd; grep pids /proc/self/cgroup"], {}, None)
+    assert launch.group is not None
+    group = launch.group.path
+    try:
+        done = subprocess.run(launch.argv, env=launch.env, pass_fds=launch.pass_fds, capture_output=True, timeout=30)
+    finally:
+        launch.cleanup()
+    lines = done.stdout.decode().split()
+    assert done.returncode == 0, done.stderr
+    assert lines[-1].endswith(f"/mcp-bastion/{group.name}")
+    assert sorted(lines[:-1]) == ["0", "1", "2", "3"]  # stdio and ls's own /proc/self/fd
+    assert not group.exists()

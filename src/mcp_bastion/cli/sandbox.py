@@ -129,9 +129,7 @@ async def _run(sandbox: Sandbox, command: list[str], env: dict[str, str], cwd: P
         typer.echo(f"WARNING: {warning}", err=True)
     launch = sandbox.prepare(command, env, cwd)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *launch.argv, env=launch.env, pass_fds=launch.pass_fds, preexec_fn=launch.preexec
-        )
+        process = await asyncio.create_subprocess_exec(*launch.argv, env=launch.env, pass_fds=launch.pass_fds)
         launch.close_fds()
         return await process.wait()
     finally:

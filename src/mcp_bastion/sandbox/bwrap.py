@@ -167,6 +167,7 @@ def build_plan(
     egress_socket: Path | None = None,
     landlock: bool = True,
     python: str | None = None,
+    join_group: bool = False,
 ) -> Plan:
     """The bwrap command line (and environment) that runs ``command`` under ``profile``.
 
@@ -262,7 +263,10 @@ def build_plan(
     # -S: no site (its .pth files cost ~6 ms a spawn); the launcher needs only the standard library.
     root = str(Path(mcp_bastion.__file__).resolve().parent.parent)
     boot = f"import sys; sys.path.insert(0, {root!r}); from {INNER_MODULE} import main; main()"
-    argv += [python or sys.executable, "-I", "-S", "-c", boot, "--spec", inner.encode(spec), "--", *command]
+    argv += [python or sys.executable, "-I", "-S", "-c", boot, "--spec", inner.encode(spec)]
+    if join_group:
+        argv += ["--join", "{fd:cgroup}"]  # the pids group's cgroup.procs (see sandbox/cgroup.py)
+    argv += ["--", *command]
     return Plan(
         tuple(argv),
         server_env,

@@ -2,8 +2,14 @@
 
 RLIMIT_NPROC is not enforced for the real root user (kernel/fork.c exempts INIT_USER), and a user
 namespace does not change the real user, so a gateway running as root caps a server's processes with the
-pids controller instead: ``<pids hierarchy>/mcp-bastion/<upstream>-<n>/pids.max``. The child joins its
-group between fork and exec (``join``, run by ``subprocess`` in the child), so nothing it starts escapes.
+pids controller instead: ``<pids hierarchy>/mcp-bastion/<upstream>-<pid>-<n>/pids.max``.
+
+The group is joined from inside the sandbox: the launcher (``sandbox/inner.py``) writes ``0`` to the
+group's ``cgroup.procs``, opened here and inherited through bwrap, just before it executes the server, so
+nothing the server starts escapes. Not between fork and exec in the gateway (``preexec_fn``): on cgroup v1
+a migration waits for an RCU grace period (10-20 ms measured), and ``subprocess`` blocks the gateway's
+event loop until the exec, every other request with it. The launcher closes the descriptor before the
+exec: the server never holds it.
 cgroup v1 (``/sys/fs/cgroup/pids``) and v2 (``/sys/fs/cgroup`` with the pids controller) both work.
 """
 
@@ -95,7 +101,8 @@ class PidsGroup:
         path.mkdir(mode=0o700)
         (path / "pids.max").write_text(str(limit))
         self.path = path
-        self._procs = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        self.procs_fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        """``cgroup.procs``, for the child to inherit (``pass_fds``) and join through; -1 once released."""
 
     @classmethod
     def create(cls, name: str, limit: int) -> PidsGroup | None:
@@ -107,12 +114,14 @@ class PidsGroup:
         _sweep_once(base)
         return cls(base / f"{name}-{os.getpid()}-{next(_counter)}", limit)
 
-    def join(self) -> None:
-        """Move the calling process into the group (runs in the child between fork and exec)."""
-        os.write(self._procs, b"0")
+    def release_fd(self) -> None:
+        """Close the parent's copy once the child is spawned (once: the number may be reused after)."""
+        fd, self.procs_fd = self.procs_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._procs)
+        self.release_fd()
         with contextlib.suppress(OSError):
             self.path.rmdir()

@@ -1,15 +1,15 @@
 """The launcher bwrap runs inside the sandbox: the last locks, then ``exec`` of the server.
 
-    python -I -S -c "<put the package on sys.path; inner.main()>" --spec <hex> -- <command...>
+    python -I -S -c "<put the package on sys.path; inner.main()>" --spec <hex> [--join FD] -- <command...>
 
-In order: rlimits (address space, CPU, processes, open files, file size, no core
-dumps); with ``network = "proxy"`` the forwarder is forked (it listens on 127.0.0.1 inside the sandbox's
-own network namespace and relays to the gateway's egress proxy over ``/run/egress.sock``); a Landlock
-ruleset (read and execute on the read-only paths, read and write on /tmp and the data directory, TCP
-connect to the forwarder's port only, no TCP bind, signals and abstract Unix sockets scoped to the
-sandbox) on kernels that have Landlock, best effort on older ones (the gateway warned at startup); then
-``execvp`` of the server. Any failure before the exec exits with status 125 and a line on stderr, which
-the gateway logs: the server never runs with fewer locks than planned.
+In order: with ``network = "proxy"`` the forwarder is forked (it listens on 127.0.0.1 inside the sandbox's
+own network namespace and relays to the gateway's egress proxy over ``/run/egress.sock``); with ``--join``
+the pids cgroup is entered (``sandbox/cgroup.py``); rlimits (address space, CPU, processes, open files,
+file size, no core dumps); a Landlock ruleset (read and execute on the read-only paths, read and write on
+/tmp and the data directory, TCP connect to the forwarder's port only, no TCP bind, signals and abstract
+Unix sockets scoped to the sandbox) on kernels that have Landlock, best effort on older ones (the gateway
+warned at startup); then ``execvp`` of the server. Any failure before the exec exits with status 125 and
+a line on stderr, which the gateway logs: the server never runs with fewer locks than planned.
 
 Kept to a few standard modules (no ``site``, no ``landlockpy``): it runs on every spawn, so it must start
 fast. ``no_new_privs`` is set by bwrap already (``--seccomp`` needs it) and again before Landlock.
@@ -187,15 +187,29 @@ def decode(text: str) -> dict[str, Any]:
     return spec
 
 
+def join_group(fd: int) -> None:
+    """Enter the pids cgroup whose ``cgroup.procs`` the gateway opened (``sandbox/cgroup.py``); the
+    forwarder, started before, stays out of the server's process budget. The server never gets the fd."""
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
+        group = None
+        if args[2:3] == ["--join"]:
+            group, args = int(args[3]), args[:2] + args[4:]
         if len(args) < 4 or args[0] != "--spec" or args[2] != "--":
-            raise ValueError("usage: python -m mcp_bastion.sandbox.inner --spec HEX -- COMMAND...")
+            raise ValueError("usage: python -m mcp_bastion.sandbox.inner --spec HEX [--join FD] -- COMMAND...")
         spec = decode(args[1])
         command = args[3:]
         if spec["network"] == "proxy":
             start_forwarder(spec)
+        if group is not None:
+            join_group(group)
         for variable in spec.get("unset", ()):
             os.environ.pop(variable, None)
         apply_rlimits(spec["rlimits"])

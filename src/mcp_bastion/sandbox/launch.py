@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,21 +37,25 @@ class EgressSocket(Protocol):
 
 @dataclass(slots=True)
 class Launch:
-    """One sandboxed spawn: run ``argv`` with ``env``, keeping ``pass_fds`` open, ``preexec`` in the child;
-    ``close_fds()`` in the parent once spawned, ``cleanup()`` once the child is gone."""
+    """One sandboxed spawn: run ``argv`` with ``env``, keeping ``pass_fds`` open (no ``preexec_fn``: the
+    child joins its pids group itself); ``close_fds()`` in the parent once spawned, ``cleanup()`` once the
+    child is gone."""
 
     argv: list[str]
     env: dict[str, str]
     pass_fds: tuple[int, ...]
-    preexec: Callable[[], None] | None
     group: PidsGroup | None
 
     def close_fds(self) -> None:
         """Close the parent's copies (once: a number closed twice may meanwhile belong to a socket)."""
         fds, self.pass_fds = self.pass_fds, ()
         for fd in fds:
+            if self.group is not None and fd == self.group.procs_fd:
+                continue  # the group's own, released below
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if self.group is not None:
+            self.group.release_fd()
 
     def cleanup(self) -> None:
         self.close_fds()
@@ -112,7 +116,9 @@ class Sandbox:
         if self.egress is not None and self.profile.network == "proxy":
             await self.egress.aclose()
 
-    def plan(self, command: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> bwrap.Plan:
+    def plan(
+        self, command: Sequence[str], env: Mapping[str, str], cwd: Path | None, *, join_group: bool = False
+    ) -> bwrap.Plan:
         socket = self.egress.socket_path() if self.egress is not None and self.profile.network == "proxy" else None
         return bwrap.build_plan(
             self.name,
@@ -123,22 +129,27 @@ class Sandbox:
             state_dir=self.state_dir,
             egress_socket=socket,
             landlock=self._landlock,
+            join_group=join_group,
         )
 
     def prepare(self, command: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> Launch:
         """The spawn of ``command`` in this sandbox (``env``: the server's whole environment, PATH included)."""
-        plan = self.plan(command, env, cwd)
         fds: dict[str, int] = {}
         group: PidsGroup | None = None
         try:
+            if self._cgroup:
+                group = PidsGroup.create(self.name, self.profile.processes)
+            plan = self.plan(command, env, cwd, join_group=group is not None)
             fds["seccomp"] = seccomp.memfd("seccomp", seccomp.bpf_program(self.profile.families))
             for key, data in plan.data.items():
                 fds[key] = seccomp.memfd(key, data)
-            if self._cgroup:
-                group = PidsGroup.create(self.name, self.profile.processes)
         except BaseException:
             for fd in fds.values():
                 os.close(fd)
+            if group is not None:
+                group.remove()
             raise
+        if group is not None:
+            fds["cgroup"] = group.procs_fd
         argv = bwrap.with_fds(plan.argv, fds)
-        return Launch(argv, plan.env, tuple(fds.values()), group.join if group is not None else None, group)
+        return Launch(argv, plan.env, tuple(fds.values()), group)

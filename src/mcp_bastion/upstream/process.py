@@ -135,7 +135,6 @@ class ChildProcess:
                 # Ctrl-C meant for the gateway's terminal does not kill the children behind its back.
                 start_new_session=True,
                 pass_fds=launch.pass_fds if launch is not None else (),
-                preexec_fn=launch.preexec if launch is not None else None,  # joins the sandbox's pids cgroup
             )
         except OSError as exc:
             if launch is not None:
