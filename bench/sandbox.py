@@ -6,6 +6,8 @@ The server is the demo CRM (`python -m mcp_bastion.demo.customers --stdio`), spa
 spawns it (`upstream.process.ChildProcess.spawn`, with and without `sandbox.launch.Sandbox`):
 - spawn-to-ready: from the spawn until the answer to `initialize` is read (bwrap, the launcher's locks and
   the server's own start); median of several spawns, the two kinds interleaved;
+- loop blocked: how long the spawn call itself holds the gateway's event loop (`subprocess` forks and waits
+  for the exec synchronously: every other request waits that long), median;
 - per call: `tools/call get_customer` round trips on one warm child, median latency;
 - CPU per call: the children's CPU (RUSAGE_CHILDREN, which includes bwrap's and the launcher's waited-for
   descendants) of a child that served N calls minus one that served none, divided by N.
@@ -47,11 +49,12 @@ CALL = {
 class Side:
     name: str
     spawn_ms: float
+    blocked_ms: float
     call_ms: float
     call_cpu_ms: float
 
 
-async def _ready(sandbox: Sandbox | None) -> tuple[ChildProcess, float]:
+async def _ready(sandbox: Sandbox | None) -> tuple[ChildProcess, float, float]:
     started = time.perf_counter()
     child = await ChildProcess.spawn(
         "bench",
@@ -62,6 +65,7 @@ async def _ready(sandbox: Sandbox | None) -> tuple[ChildProcess, float]:
         write_timeout=30,
         sandbox=sandbox,
     )
+    blocked = time.perf_counter() - started
     await child.write(orjson.dumps(INITIALIZE))
     while True:
         line = await asyncio.wait_for(child.readline(), 30)
@@ -71,7 +75,7 @@ async def _ready(sandbox: Sandbox | None) -> tuple[ChildProcess, float]:
             break
     ready = time.perf_counter() - started
     await child.write(orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-    return child, ready
+    return child, ready, blocked
 
 
 async def _calls(child: ChildProcess, count: int) -> list[float]:
@@ -114,21 +118,29 @@ def _tree_cpu(root: int) -> float:
 
 async def _measure(sandboxes: dict[str, Sandbox | None], spawns: int, calls: int) -> list[Side]:
     ready: dict[str, list[float]] = {name: [] for name in sandboxes}
+    blocked: dict[str, list[float]] = {name: [] for name in sandboxes}
     for _ in range(spawns):
         for name, sandbox in sandboxes.items():
-            child, seconds = await _ready(sandbox)
+            child, seconds, held = await _ready(sandbox)
             ready[name].append(seconds)
+            blocked[name].append(held)
             await child.stop()
     sides = []
     for name, sandbox in sandboxes.items():
-        child, _ = await _ready(sandbox)
+        child, _, _ = await _ready(sandbox)
         await _calls(child, 50)  # warm
         before = _tree_cpu(child.pid)
         latencies = await _calls(child, calls)
         cpu = _tree_cpu(child.pid) - before
         await child.stop()
         sides.append(
-            Side(name, statistics.median(ready[name]) * 1000, statistics.median(latencies) * 1000, cpu / calls * 1000)
+            Side(
+                name,
+                statistics.median(ready[name]) * 1000,
+                statistics.median(blocked[name]) * 1000,
+                statistics.median(latencies) * 1000,
+                cpu / calls * 1000,
+            )
         )
     return sides
 
@@ -145,14 +157,20 @@ def run(*, quick: bool = False) -> list[Side]:
 def render(sides: list[Side]) -> str:
     lines = [
         "Stdio sandbox (demo server; ms, median)",
-        f"  {'':<14} {'spawn-to-ready':>15} {'per call':>10} {'CPU/call':>10}",
+        f"  {'':<14} {'spawn-to-ready':>15} {'loop blocked':>13} {'per call':>10} {'CPU/call':>10}",
     ]
-    lines += [f"  {s.name:<14} {s.spawn_ms:15.1f} {s.call_ms:10.3f} {s.call_cpu_ms:10.3f}" for s in sides]
+    lines += [
+        f"  {s.name:<14} {s.spawn_ms:15.1f} {s.blocked_ms:13.2f} {s.call_ms:10.3f} {s.call_cpu_ms:10.3f}" for s in sides
+    ]
     plain, boxed = sides
     spawn = boxed.spawn_ms - plain.spawn_ms
     call = 100 * (boxed.call_ms / plain.call_ms - 1)
     cpu = 100 * (boxed.call_cpu_ms / plain.call_cpu_ms - 1) if plain.call_cpu_ms else 0.0
-    lines.append(f"  {'overhead':<14} {spawn:+14.1f}  {call:+9.1f}% {cpu:+9.1f}%   (targets: spawn +50 ms, call +5 %)")
+    blocked = boxed.blocked_ms - plain.blocked_ms
+    lines.append(
+        f"  {'overhead':<14} {spawn:+14.1f}  {blocked:+12.2f} {call:+9.1f}% {cpu:+9.1f}%"
+        "   (targets: spawn +50 ms, call +5 %)"
+    )
     return "\n".join(lines)
 
 
@@ -160,6 +178,7 @@ def document(sides: list[Side]) -> dict[str, dict[str, float]]:
     return {
         s.name: {
             "spawn_ms": round(s.spawn_ms, 2),
+            "blocked_ms": round(s.blocked_ms, 3),
             "call_ms": round(s.call_ms, 4),
             "call_cpu_ms": round(s.call_cpu_ms, 4),
         }
