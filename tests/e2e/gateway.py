@@ -17,6 +17,8 @@ from pathlib import Path
 import anyio
 import httpx2
 import orjson
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from mcp_bastion.app import Gateway, build_gateway
 from mcp_bastion.cli.serve import listener_context, make_server
@@ -110,3 +112,11 @@ async def running_gateway(
         with anyio.fail_after(15):
             await task
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(gw: RunningGateway, server: str, subject: str = "alice") -> AsyncIterator[Client]:
+    """The real MCP client, signed in as ``subject``, on ``/mcp/<server>`` (legacy handshake)."""
+    http = gw.http(gw.token(subject, server))
+    async with http, Client(streamable_http_client(gw.url(server), http_client=http), mode="legacy") as session:
+        yield session

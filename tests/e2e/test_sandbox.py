@@ -12,19 +12,17 @@ import os
 import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
 import anyio
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
 from mcp_bastion.sandbox.check import probe
-from tests.e2e.gateway import RunningGateway, running_gateway
+from tests.e2e.gateway import RunningGateway, mcp_session, running_gateway
 from tests.helpers.procs import child_env
 
 pytestmark = [
@@ -43,13 +41,6 @@ def text(result: object) -> str:
     content = result.content[0]  # type: ignore[attr-defined]
     assert isinstance(content, TextContent)
     return content.text
-
-
-@asynccontextmanager
-async def client(gw: RunningGateway, server: str) -> AsyncIterator[Client]:
-    http = gw.http(gw.token("alice", server))
-    async with http, Client(streamable_http_client(gw.url(server), http_client=http), mode="legacy") as session:
-        yield session
 
 
 async def call(session: Client, tool: str, arguments: dict[str, object] | None = None) -> str:
@@ -96,7 +87,7 @@ async def test_host_files_are_not_there(gw: RunningGateway, home: Path, tmp_path
     state = tmp_path / "state"
     keys = [state / "vault.key", *sorted((state / "tls").iterdir())]  # the vault's root key, the TLS keys
     assert keys[0].exists()
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         assert await call(session, "read", {"path": "/etc/shadow"}) == "denied ENOENT"
         passwd = await call(session, "read", {"path": "/etc/passwd"})
         assert passwd.startswith("ok sandbox:")  # synthetic
@@ -115,7 +106,7 @@ async def test_host_files_are_not_there(gw: RunningGateway, home: Path, tmp_path
 
 async def test_writes_go_only_to_tmp_and_the_data_dir(gw: RunningGateway, tmp_path: Path) -> None:
     data_dir = tmp_path / "state" / "sandbox" / "escape"
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         assert await call(session, "write", {"path": str(data_dir / "notes.txt")}) == "ok"
         assert await call(session, "write", {"path": "/tmp/scratch"}) == "ok"
         assert await call(session, "write", {"path": "/usr/evil"}) == "denied EROFS"
@@ -136,19 +127,19 @@ async def test_host_loopback_services_are_unreachable(gw: RunningGateway) -> Non
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        async with client(gw, "escape") as session:
+        async with mcp_session(gw, "escape") as session:
             assert await call(session, "connect", {"host": "127.0.0.1", "port": port}) == "denied EPERM"
             assert await call(session, "connect", {"host": "::1", "port": port}) == "denied EPERM"
 
 
 async def test_ptrace_and_process_memory_are_refused(gw: RunningGateway) -> None:
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         for pid in (1, os.getpid()):
             assert await call(session, "trace", {"pid": pid}) == "ptrace EPERM, process_vm_readv EPERM"
 
 
 async def test_fork_and_memory_bombs_hit_their_limits(gw: RunningGateway) -> None:
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         forked = await call(session, "fork_bomb", {"limit": 200})
         assert forked.startswith("limited after "), forked
         assert forked.endswith("denied EAGAIN"), forked
@@ -158,14 +149,14 @@ async def test_fork_and_memory_bombs_hit_their_limits(gw: RunningGateway) -> Non
 
 
 async def test_cpu_and_wall_clock_budgets_kill_the_server_not_the_gateway(gw: RunningGateway) -> None:
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         before = await call(session, "whoami")
         assert await refused(session, "spin") == "upstream_crashed"  # RLIMIT_CPU: SIGXCPU, then SIGKILL
         after_cpu = await call(session, "whoami")
         assert after_cpu != before  # restarted, the session replayed
         assert await refused(session, "sleep", {"seconds": 60}) == "upstream_timeout"
         assert await call(session, "whoami") != after_cpu  # killed at the budget, restarted
-    async with client(gw, "up") as other:
+    async with mcp_session(gw, "up") as other:
         assert await call(other, "echo", {"text": "still here"}) == "still here"
     reasons = {(r.get("target"), r.get("reason")) for r in gw.audit()}
     assert ("spin", "upstream_crashed") in reasons
@@ -175,7 +166,7 @@ async def test_cpu_and_wall_clock_budgets_kill_the_server_not_the_gateway(gw: Ru
 async def test_the_demo_server_works_in_the_sandbox(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "mcp_bastion.demo.customers", "--stdio"]
     async with running_gateway(tmp_path, {"customers": {"command": command, "env": child_env()}}) as gw:
-        async with client(gw, "customers") as session:
+        async with mcp_session(gw, "customers") as session:
             with anyio.fail_after(WAIT):
                 tools = {tool.name for tool in (await session.list_tools()).tools}
             assert {"search_customers", "get_customer", "update_customer_email", "export_report"} <= tools

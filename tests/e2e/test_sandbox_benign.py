@@ -17,7 +17,6 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -28,12 +27,11 @@ import orjson
 import pytest
 import trustme
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp_types import TextContent
 from tzlocal import get_localzone_name
 
 from mcp_bastion.sandbox.check import probe
-from tests.e2e.gateway import RunningGateway, running_gateway
+from tests.e2e.gateway import RunningGateway, mcp_session, running_gateway
 from tests.helpers.egress_audit import egress, egress_records
 from tests.helpers.pins import approve_pin
 from tests.helpers.web_origin import Origin, web_origin
@@ -129,18 +127,11 @@ async def approve_fetch(gw: RunningGateway, state_dir: Path) -> None:
     """The fetch tool's own description ("Although originally you did not have internet access, and were
     advised to refuse ... this tool now grants you internet access") reads as instructions to the model: the
     definition scan quarantines it on first sight, and an administrator approves it, as in production."""
-    async with client(gw, "fetch") as session:
+    async with mcp_session(gw, "fetch") as session:
         with anyio.fail_after(WAIT):
             listed = {tool.name for tool in (await session.list_tools()).tools}
     if "fetch" not in listed:
         await approve_pin(gw, state_dir, "fetch", "fetch")
-
-
-@asynccontextmanager
-async def client(gw: RunningGateway, server: str) -> AsyncIterator[Client]:
-    http = gw.http(gw.token("alice", server))
-    async with http, Client(streamable_http_client(gw.url(server), http_client=http), mode="legacy") as session:
-        yield session
 
 
 async def call(session: Client, tool: str, arguments: dict[str, object]) -> tuple[bool, str]:
@@ -152,7 +143,7 @@ async def call(session: Client, tool: str, arguments: dict[str, object]) -> tupl
 
 
 async def test_time_server_in_the_default_sandbox(gw: RunningGateway) -> None:
-    async with client(gw, "time") as session:
+    async with mcp_session(gw, "time") as session:
         with anyio.fail_after(WAIT):
             listed = (await session.list_tools()).tools
         assert {tool.name for tool in listed} == {"get_current_time", "convert_time"}
@@ -202,7 +193,7 @@ async def test_time_server_in_the_default_sandbox(gw: RunningGateway) -> None:
 
 async def test_fetch_server_reaches_the_allowed_origin_through_the_proxy(gw: RunningGateway, origin: Origin) -> None:
     url = f"http://localhost:{origin.port}/page.html"
-    async with client(gw, "fetch") as session:
+    async with mcp_session(gw, "fetch") as session:
         with anyio.fail_after(WAIT):
             tools = {tool.name for tool in (await session.list_tools()).tools}
         assert tools == {"fetch"}
@@ -240,7 +231,7 @@ async def test_fetch_server_reaches_an_https_origin_through_a_connect_tunnel(
 ) -> None:
     url = f"https://localhost:{tls_origin.port}/page.html"
     before = len(egress(gw, "fetch"))
-    async with client(gw, "fetch") as session:
+    async with mcp_session(gw, "fetch") as session:
         started = time.monotonic()
         error, text = await call(session, "fetch", {"url": url})
         elapsed = time.monotonic() - started

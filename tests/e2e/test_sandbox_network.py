@@ -19,18 +19,16 @@ import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp_types import TextContent
 
 from mcp_bastion.sandbox.check import probe
-from tests.e2e.gateway import RunningGateway, running_gateway
+from tests.e2e.gateway import RunningGateway, mcp_session, running_gateway
 from tests.helpers.egress_audit import decision, egress, egress_records
 from tests.helpers.pins import approve_pin
 from tests.helpers.procs import child_env
@@ -118,19 +116,12 @@ async def gw(
     }
     tmp_path = tmp_path_factory.mktemp("network")
     async with running_gateway(tmp_path, upstreams) as running:
-        async with client(running, "fetch") as session:
+        async with mcp_session(running, "fetch") as session:
             with anyio.fail_after(WAIT):
                 listed = {tool.name for tool in (await session.list_tools()).tools}
         if "fetch" not in listed:  # flagged by the definition scan on first sight (see test_sandbox_benign.py)
             await approve_pin(running, tmp_path / "state", "fetch", "fetch")
         yield running
-
-
-@asynccontextmanager
-async def client(gw: RunningGateway, server: str) -> AsyncIterator[Client]:
-    http = gw.http(gw.token("alice", server))
-    async with http, Client(streamable_http_client(gw.url(server), http_client=http), mode="legacy") as session:
-        yield session
 
 
 async def call(session: Client, tool: str, arguments: Mapping[str, object]) -> tuple[bool, str]:
@@ -179,7 +170,7 @@ async def new_egress(gw: RunningGateway, server: str, before: int, count: int) -
 async def test_fetch_reaches_only_its_listed_origin(gw: RunningGateway, origin: Origin, closed_port: int) -> None:
     allowed = f"http://localhost:{origin.port}/page.html"
     before, seen = len(egress(gw, "fetch")), len(origin.requests)
-    async with client(gw, "fetch") as session:
+    async with mcp_session(gw, "fetch") as session:
         error, text = await call(session, "fetch", {"url": f"http://localhost:{closed_port}/page.html"})
         assert error  # robots.txt answered 403 by the proxy: the server takes that as "not allowed"
         assert "403" in text
@@ -207,7 +198,7 @@ async def test_the_ways_around_the_proxy_are_closed(gw: RunningGateway, origin: 
     before = len(egress(gw, "escape"))
     with listening(socket.SOCK_STREAM) as tcp, listening(socket.SOCK_DGRAM) as udp:
         tcp_port, udp_port = tcp.getsockname()[1], udp.getsockname()[1]
-        async with client(gw, "escape") as session:
+        async with mcp_session(gw, "escape") as session:
             assert await answer(session, "getenv", {"name": "HTTP_PROXY"}) == "http://127.0.0.1:3128"
             assert await answer(session, "getenv", {"name": "https_proxy"}) == "http://127.0.0.1:3128"
             # TCP straight to the host's loopback services, the allowed origin among them: the sandbox's
@@ -258,7 +249,7 @@ async def test_the_proxy_refuses_what_the_list_does_not_name(
         ("connect_via_proxy", f"127.0.0.1:{port}", "HTTP/1.1 403 Forbidden", port, "host_not_allowed"),
         ("connect_via_proxy", f"localhost:{port}", "HTTP/1.1 200 Connection established", port, "ok"),
     ]  # fmt: skip
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         for tool, target, expected, _, _ in attempts:
             argument = {"location": target} if tool == "http_via_proxy" else {"target": target}
             got = await answer(session, tool, argument)
@@ -320,7 +311,7 @@ async def test_allowed_names_that_resolve_to_unopened_addresses_are_refused(
     monkeypatch.setattr(loop, "getaddrinfo", dns)
     port = origin.port
     before, seen = len(egress(gw, "escape")), len(origin.requests)
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         page = f"http://rebind.test:{port}/page.html"
         assert (await answer(session, "http_via_proxy", {"location": page})).startswith("HTTP 200 <html>")
         assert await answer(session, "http_via_proxy", {"location": page}) == (
@@ -355,7 +346,7 @@ async def test_without_allowed_networks_a_name_must_resolve_to_a_public_address(
     gw: RunningGateway, origin: Origin
 ) -> None:
     before, seen = len(egress(gw, "escape_public")), len(origin.requests)
-    async with client(gw, "escape_public") as session:
+    async with mcp_session(gw, "escape_public") as session:
         page = f"http://localhost:{origin.port}/page.html"  # listed, but localhost is 127.0.0.1 (the real resolver)
         assert await answer(session, "http_via_proxy", {"location": page}) == (
             "HTTP 403 403 Forbidden: address_loopback"
@@ -367,11 +358,11 @@ async def test_without_allowed_networks_a_name_must_resolve_to_a_public_address(
 
 
 async def test_the_gateway_and_the_other_upstreams_keep_serving(gw: RunningGateway, origin: Origin) -> None:
-    async with client(gw, "up") as session:
+    async with mcp_session(gw, "up") as session:
         assert await answer(session, "echo", {"text": "still here"}) == "still here"
-    async with client(gw, "escape") as session:
+    async with mcp_session(gw, "escape") as session:
         assert (await answer(session, "whoami", {})).startswith("uid=65534 ")
-    async with client(gw, "fetch") as session:
+    async with mcp_session(gw, "fetch") as session:
         text = await answer(session, "fetch", {"url": f"http://localhost:{origin.port}/page.html"})
         assert "This page was reached through the egress proxy" in text
     failures = [r for r in gw.audit() if r.get("kind") == "egress" and r.get("decision") == "error"]

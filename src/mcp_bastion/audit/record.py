@@ -107,6 +107,23 @@ def _reason(exchange: Exchange) -> str:
 
 def connection_record(reason: str, remote: str, *, request_id: str, now: float | None = None) -> JSONObject:
     """The record of a connection refused before any request reached the gate (slow or oversized head)."""
+    status = 400 if reason == "headers_too_large" else None
+    return _unattributed(now, request_id, None, "(connection)", None, "deny", reason, status, None, remote)
+
+
+def _unattributed(
+    now: float | None,
+    request_id: str,
+    server: str | None,
+    method: str | None,
+    target: str | None,
+    decision: Decision,
+    reason: str,
+    status: int | None,
+    latency_ms: float | None,
+    remote: str | None,
+) -> JSONObject:
+    """The common fields, in ``build_record``'s order, of a record no caller identity stands behind."""
     return {
         "time": datetime.fromtimestamp(time.time() if now is None else now, UTC).isoformat(timespec="milliseconds"),
         "request_id": request_id,
@@ -114,15 +131,15 @@ def connection_record(reason: str, remote: str, *, request_id: str, now: float |
         "issuer": None,
         "client": None,
         "auth": None,
-        "server": None,
-        "method": "(connection)",
-        "target": None,
+        "server": server,
+        "method": method,
+        "target": target,
         "jsonrpc_id": None,
-        "decision": "deny",
+        "decision": decision,
         "reason": reason,
-        "status": 400 if reason == "headers_too_large" else None,
+        "status": status,
         "error_code": None,
-        "latency_ms": None,
+        "latency_ms": latency_ms,
         "remote": remote,
     }
 
@@ -148,23 +165,11 @@ def egress_record(
     """The record of one connection through the egress proxy of the sandboxed server ``server``: the
     common fields (``method`` None when no request head was read), ``kind``, then where it went and how it
     ended."""
-    record: JSONObject = {
-        "time": datetime.fromtimestamp(time.time() if now is None else now, UTC).isoformat(timespec="milliseconds"),
-        "request_id": request_id,
-        "principal": None,
-        "issuer": None,
-        "client": None,
-        "auth": None,
-        "server": server,
-        "method": method,
-        "target": None if host is None else _authority(host, port),
-        "jsonrpc_id": None,
-        "decision": decision,
-        "reason": reason,
-        "status": status,
-        "error_code": None,
-        "latency_ms": round(latency_ms, 3),
-        "remote": None,
+    target = None if host is None else _authority(host, port)
+    record = _unattributed(
+        now, request_id, server, method, target, decision, reason, status, round(latency_ms, 3), None
+    )
+    record |= {
         "kind": "egress",
         "host": host,
         "port": port,
