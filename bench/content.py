@@ -10,7 +10,9 @@ typical 2 KB result < 0.15 ms):
   the injection detector all run, the upstream's bytes are forwarded unchanged; once business prose (dense
   in words the rules are anchored on: the worst common case), once a JSON listing;
 - result, one secret: the same with an AWS key inside (found, redacted, re-serialised);
-- result, injected: the same with an injected instruction appended (found, annotated).
+- result, injected: the same with an injected instruction appended (found, annotated);
+- where the clean prose result's time goes: the secret scan and the injection score of its text alone (the
+  rest is control stripping, the walk over the result, the stage and the exchange).
 Each figure is the median of timed batches (`time.perf_counter`, one core, this process); the run is
 bounded in batches and seconds. Nothing here asserts a figure.
 """
@@ -34,6 +36,7 @@ from mcp_bastion.jsonrpc.message import classify
 from mcp_bastion.pipeline.inspect import InspectResults
 from mcp_bastion.scan.injection import InjectionDetector
 from mcp_bastion.scan.results import Actions, ResultInspector
+from mcp_bastion.scan.secrets import SECRETS
 from mcp_bastion.upstream.base import Event
 
 SCHEMA: dict[str, Any] = {
@@ -123,10 +126,8 @@ def _event(text: str) -> Event:
 def run(*, quick: bool = False) -> list[Figure]:
     seconds = 1.0 if quick else 3.0
     detector = InjectionDetector.load()
-    inspector = ResultInspector(
-        Actions(injection_threshold=detector.threshold("result")),
-        instructions=functools.partial(detector.score, kind="result"),
-    )
+    score = functools.partial(detector.score, kind="result")
+    inspector = ResultInspector(Actions(injection_threshold=detector.threshold("result")), instructions=score)
     stage = InspectResults(inspector)
     checker = ArgumentChecker()
     sinks = SinkChecker.from_settings({})
@@ -156,6 +157,8 @@ def run(*, quick: bool = False) -> list[Figure]:
         Figure("result 2 KB JSON records, clean", _per_call(inspect(RECORDS), seconds) - empty),
         Figure("result 2 KB, one secret (redacted)", _per_call(inspect(TEXT[:1900] + LEAKED), seconds) - empty),
         Figure("result 2 KB, injected (annotated)", _per_call(inspect(TEXT[:1900] + INJECTED), seconds) - empty),
+        Figure("  of the clean one: secret scan", _per_call(functools.partial(SECRETS.find, TEXT), seconds)),
+        Figure("  of the clean one: injection score", _per_call(functools.partial(score, TEXT), seconds)),
     ]
     loop.close()
     return figures
@@ -165,10 +168,14 @@ def render(figures: list[Figure]) -> str:
     lines = ["Content defence per call (in process, µs, median)"]
     lines += [f"  {figure.name:<40} {figure.micros:8.1f}" for figure in figures]
     by_name = {figure.name: figure.micros for figure in figures}
-    total = by_name["arguments: size + pinned schema"] + by_name["result 2 KB, clean (bytes forwarded)"]
-    lines.append(f"  {'schema check + clean 2 KB result scan':<40} {total:8.1f}   (target < 150)")
+    for result, label in (
+        ("result 2 KB, clean (bytes forwarded)", "schema check + clean 2 KB result scan"),
+        ("result 2 KB JSON records, clean", "schema check + clean 2 KB JSON scan"),
+    ):
+        total = by_name["arguments: size + pinned schema"] + by_name[result]
+        lines.append(f"  {label:<40} {total:8.1f}   (target < 150)")
     return "\n".join(lines)
 
 
 def document(figures: list[Figure]) -> dict[str, float]:
-    return {figure.name: round(figure.micros, 2) for figure in figures}
+    return {figure.name.strip(): round(figure.micros, 2) for figure in figures}

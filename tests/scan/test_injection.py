@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from itertools import accumulate, pairwise
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_bastion.scan.fold import fold, tag_payload
 from mcp_bastion.scan.injection import Finding, InjectionDetector, tokens, window_starts
@@ -202,6 +207,43 @@ def test_window_starts_cover_every_token() -> None:
 
 def test_tokens_are_words_of_two_letters_or_more() -> None:
     assert tokens(fold("Hello, W0rld! a bc_de über")) == ["hello", "rld", "bc", "de", "über"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=300))
+def test_ascii_tokens_are_the_regex_tokens(text: str) -> None:
+    # The ASCII path splits translated bytes instead of running the regex engine: the same list.
+    assert tokens(text) == re.findall("[a-z]{2,}", text)
+
+
+def _reference_max_window(detector: InjectionDetector, toks: list[str]) -> tuple[float, int]:
+    """The window maximum as one expression per window (what ``_max_window`` computes with slices)."""
+    n, window, stride, bias = len(toks), detector._window, detector._stride, detector._bias
+    if n == 0:
+        return bias, 0
+    uni = list(accumulate((detector._unigrams.get(token, 0.0) for token in toks), initial=0.0))
+    bi = list(accumulate((detector._bigrams.get(pair, 0.0) for pair in pairwise(toks)), initial=0.0))
+    if n <= window:
+        return bias + uni[n] + bi[n - 1], 0
+    starts = window_starts(n, window, stride)
+    sums = [uni[i + window] - uni[i] + bi[i + window - 1] - bi[i] for i in starts]
+    best = max(sums)
+    return bias + best, starts[sums.index(best)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_window_maximum_is_the_same_float_as_one_sum_per_window(
+    detector: InjectionDetector, data: st.DataObject
+) -> None:
+    # Weighted words and weighted pairs, so that nearly every token adds to a sum and rounding would show.
+    pairs = sorted(detector._bigrams)[::50]
+    words = sorted(detector._unigrams)[::5]
+    pieces = st.one_of(st.sampled_from(pairs), st.sampled_from(words).map(lambda word: (word,)), st.just(("zzz",)))
+    toks = [token for piece in data.draw(st.lists(pieces, max_size=100)) for token in piece]
+    fast, slow = detector._max_window(toks), _reference_max_window(detector, toks)
+    assert fast == slow
+    assert fast[0].hex() == slow[0].hex()  # bit for bit, not only equal
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,27 @@ Test tokens are assembled from parts at run time, so no scanner mistakes this fi
 from __future__ import annotations
 
 import base64
+import re
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mcp_bastion.scan.secrets import PII_BUILTINS, SECRETS, Detector, Span, luhn, pii_detector, redact
+from mcp_bastion.scan import secrets
+from mcp_bastion.scan.secrets import (
+    MAX_EXTEND,
+    PII_BUILTINS,
+    SECRETS,
+    TOKEN_RUN,
+    Detector,
+    Rule,
+    Span,
+    has_token_run,
+    luhn,
+    pii_detector,
+    redact,
+)
 
 ALNUM = "aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW0xYz"
 
@@ -273,3 +289,56 @@ def test_adversarial_runs_are_scanned_once(text: str) -> None:
     # Each of these made an earlier pattern rescan the rest of the run from every occurrence (quadratic:
     # minutes for a megabyte). Now each finishes at once; the suite's time would show a regression.
     SECRETS.find(text)
+
+
+def _reference_find(detector: Detector, text: str) -> list[Span]:
+    """``Detector.find`` without its shortcuts (no token-run gate, no ``search`` before ``finditer``)."""
+    lowered = secrets._lower(text)
+    found: list[tuple[int, int, int, str]] = []
+    for index, rule in enumerate(detector.rules):
+        for match in rule.pattern.finditer(lowered if rule.lowered else text):
+            start, end = match.span(rule.group)
+            if start < 0 or start == end:
+                continue
+            if rule.word and match.start() > 0 and text[match.start() - 1] in secrets._WORD:
+                continue
+            if rule.check is not None and not rule.check(text[start:end]):
+                continue
+            floor = max(0, start - MAX_EXTEND)
+            while rule.extend_left and start > floor and text[start - 1] in rule.extend_left:
+                start -= 1
+            found.append((start, -(end - start), index, rule.name))
+    found.sort()
+    spans: list[Span] = []
+    reach = -1
+    for start, negative_length, _, name in found:
+        if start >= reach:
+            spans.append(Span(name, start, start - negative_length))
+            reach = start - negative_length
+    return spans
+
+
+TOKEN_RULES = [
+    pytest.param(rule, id=f"{rule.name}-{index}") for index, rule in enumerate(SECRETS.rules) if rule.token_run
+]
+
+
+@pytest.mark.parametrize("rule", TOKEN_RULES)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_a_token_rule_matches_only_text_with_a_token_run(rule: Rule, data: st.DataObject) -> None:
+    # What lets ``find`` skip these rules on text without such a run: every match holds one.
+    match = rule.pattern.search(data.draw(st.from_regex(rule.pattern)))
+    assert match is not None
+    assert has_token_run(match.group())
+
+
+RULE_EXAMPLES = st.sampled_from(SECRETS.rules).flatmap(lambda rule: st.from_regex(rule.pattern))
+CONTEXT = st.text(alphabet=st.sampled_from([*ALNUM, *" \n\t-_=:\"'./@é\x00"]), max_size=60)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(CONTEXT, RULE_EXAMPLES), max_size=6).map("".join))
+def test_find_is_the_scan_of_every_rule(text: str) -> None:
+    assert SECRETS.find(text) == _reference_find(SECRETS, text)
+    assert has_token_run(text) == (re.search(f"[A-Za-z0-9_-]{{{TOKEN_RUN}}}", text) is not None)

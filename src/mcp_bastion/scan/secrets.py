@@ -19,7 +19,9 @@ Invariants:
 - a ``Span`` carries the rule name and offsets, never the matched text: findings are safe to audit;
 - speed: every built-in secret rule starts with a literal (``AKIA``, ``ghp_``, ``-----BEGIN``, ``://``...)
   so the regex engine skips through text at memchr speed; case-insensitive keywords run once over an
-  ASCII-lowered copy of the same length.
+  ASCII-lowered copy of the same length. Vendor tokens are long runs of ``[A-Za-z0-9_-]``: when a text has
+  no run of ``TOKEN_RUN`` such characters (one ``bytes.translate`` and one ``in``), their rules, each a scan
+  of the text, are not run at all (exact: none of them can match such a text).
 """
 
 from __future__ import annotations
@@ -63,10 +65,26 @@ class Rule:
     """Run over the ASCII-lowered text (case-insensitive keywords without losing the literal-prefix scan)."""
     extend_left: frozenset[str] = frozenset()
     """Characters the span grows over to its left (an email's local part, before the ``@`` the rule finds)."""
+    token_run: bool = False
+    """Every match holds ``TOKEN_RUN`` consecutive characters of ``[A-Za-z0-9_-]`` (skipped when the text has none)."""
 
 
 MAX_EXTEND: Final = 64
 """How far ``Rule.extend_left`` grows a span (an email's local part is at most 64 characters)."""
+TOKEN_RUN: Final = 20
+"""The run of ``[A-Za-z0-9_-]`` every ``Rule.token_run`` match holds (an AWS key id, the shortest, is 20)."""
+_RUN_BYTES: Final = bytes(
+    1 if chr(byte) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-" else 0 for byte in range(256)
+)
+"""``bytes.translate`` table over UTF-8: 1 for ``[A-Za-z0-9_-]``, 0 for any other byte (non-ASCII ones too)."""
+_RUN: Final = b"\x01" * TOKEN_RUN
+
+
+def has_token_run(text: str) -> bool:
+    """Whether ``text`` holds ``TOKEN_RUN`` consecutive characters of ``[A-Za-z0-9_-]``."""
+    return _RUN in text.encode("utf-8", "surrogatepass").translate(_RUN_BYTES)
+
+
 _WORD: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ\u0130", "abcdefghijklmnopqrstuvwxyzi")
 
@@ -83,15 +101,22 @@ class Detector:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self._lowered = any(rule.lowered for rule in self.rules)
+        self._token_run = any(rule.token_run for rule in self.rules)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def find(self, text: str) -> list[Span]:
         lowered = _lower(text) if self._lowered else text
+        skip_runs = self._token_run and not has_token_run(text)
         found: list[tuple[int, int, int, str]] = []
         for index, rule in enumerate(self.rules):
-            for match in rule.pattern.finditer(lowered if rule.lowered else text):
+            subject = lowered if rule.lowered else text
+            # ``search`` first: most rules find nothing, and a scanner object per rule costs more than the
+            # second scan the rare text with a match pays.
+            if (skip_runs and rule.token_run) or rule.pattern.search(subject) is None:
+                continue
+            for match in rule.pattern.finditer(subject):
                 start, end = match.span(rule.group)
                 if start < 0 or start == end:
                     continue
@@ -261,36 +286,55 @@ SECRET_RULES: Final[tuple[Rule, ...]] = (
         check=_pem,
         word=False,
     ),
-    Rule("aws_access_key", re.compile(rf"{_lead('A')}(?:3T[A-Z0-9]|KIA|SIA|BIA|CCA)[A-Z2-7]{{16}}{_END}")),
-    Rule("github_token", re.compile(rf"{_lead('gh')}[pousr]_[A-Za-z0-9]{{36,251}}+{_END}")),
-    Rule("github_token", re.compile(rf"{_lead('github_pat_')}[A-Za-z0-9]{{22}}_[A-Za-z0-9]{{59}}{_END}")),
+    Rule(
+        "aws_access_key",
+        re.compile(rf"{_lead('A')}(?:3T[A-Z0-9]|KIA|SIA|BIA|CCA)[A-Z2-7]{{16}}{_END}"),
+        token_run=True,
+    ),
+    Rule("github_token", re.compile(rf"{_lead('gh')}[pousr]_[A-Za-z0-9]{{36,251}}+{_END}"), token_run=True),
+    Rule(
+        "github_token",
+        re.compile(rf"{_lead('github_pat_')}[A-Za-z0-9]{{22}}_[A-Za-z0-9]{{59}}{_END}"),
+        token_run=True,
+    ),
     Rule(
         "gitlab_token",
         re.compile(rf"{_lead('gl', 'A-Za-z0-9_-')}(?:pat|dt|rt|ptt|ft|soat|cbt)-[A-Za-z0-9_-]{{20,300}}+"),
+        token_run=True,
     ),
     Rule(
         "slack_token",
         re.compile(rf"{_lead('xox', 'A-Za-z0-9_-')}[abposre]-(?:[0-9]{{1,20}}-){{1,4}}[A-Za-z0-9]{{8,64}}+{_END}"),
     ),
-    Rule("slack_token", re.compile(rf"{_lead('xapp-')}[0-9]-[A-Z0-9]{{6,32}}-[0-9]{{6,32}}-[a-f0-9]{{32,128}}+{_END}")),
+    Rule(
+        "slack_token",
+        re.compile(rf"{_lead('xapp-')}[0-9]-[A-Z0-9]{{6,32}}-[0-9]{{6,32}}-[a-f0-9]{{32,128}}+{_END}"),
+        token_run=True,
+    ),
     Rule(
         "slack_webhook", re.compile(r"hooks\.slack\.com/services/T[A-Z0-9]{6,32}/B[A-Z0-9]{6,32}/[A-Za-z0-9]{20,64}+")
     ),
-    Rule("stripe_key", re.compile(rf"{_lead('sk_')}(?:live|test)_[A-Za-z0-9]{{16,247}}+{_END}")),
-    Rule("stripe_key", re.compile(rf"{_lead('rk_')}(?:live|test)_[A-Za-z0-9]{{16,247}}+{_END}")),
-    Rule("stripe_key", re.compile(rf"{_lead('whsec_')}[A-Za-z0-9]{{32,128}}+{_END}")),
+    Rule("stripe_key", re.compile(rf"{_lead('sk_')}(?:live|test)_[A-Za-z0-9]{{16,247}}+{_END}"), token_run=True),
+    Rule("stripe_key", re.compile(rf"{_lead('rk_')}(?:live|test)_[A-Za-z0-9]{{16,247}}+{_END}"), token_run=True),
+    Rule("stripe_key", re.compile(rf"{_lead('whsec_')}[A-Za-z0-9]{{32,128}}+{_END}"), token_run=True),
     Rule(
         "openai_key",
         re.compile(
             rf"{_lead('sk-', 'A-Za-z0-9_-')}(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{{16,200}}T3BlbkFJ"
             r"[A-Za-z0-9_-]{16,200}+"
         ),
+        token_run=True,
     ),
     Rule(
         "anthropic_key",
         re.compile(rf"{_lead('sk-ant-', 'A-Za-z0-9_-')}(?:api|admin|oat)[0-9]{{2}}-[A-Za-z0-9_-]{{80,300}}+"),
+        token_run=True,
     ),
-    Rule("google_api_key", re.compile(rf"{_lead('AIza', 'A-Za-z0-9_-')}[A-Za-z0-9_-]{{35}}(?![A-Za-z0-9_-])")),
+    Rule(
+        "google_api_key",
+        re.compile(rf"{_lead('AIza', 'A-Za-z0-9_-')}[A-Za-z0-9_-]{{35}}(?![A-Za-z0-9_-])"),
+        token_run=True,
+    ),
     Rule(
         "jwt",
         re.compile(
