@@ -23,7 +23,7 @@ from mcp_bastion.asgi.pages.upstreamlink import link_routes
 from mcp_bastion.audit.record import connection_record
 from mcp_bastion.audit.sink import AuditSink, FileSink, StreamSink
 from mcp_bastion.delegation.exchange import TokenExchange
-from mcp_bastion.delegation.oauthlink import LinkRegistry, UpstreamOAuth
+from mcp_bastion.delegation.oauthlink import UpstreamOAuth
 from mcp_bastion.delegation.static import NoAuth, PerUserSecret, SharedServiceAccount, UpstreamAuth
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError
@@ -62,13 +62,14 @@ from mcp_bastion.scan.secrets import pii_detector
 from mcp_bastion.secrets import KVReader, kv_reader, resolve_reference
 from mcp_bastion.sessions import SessionStore
 from mcp_bastion.settings import RateLimitSettings, Settings, UpstreamSettings
+from mcp_bastion.storage.linkstore import SQLLinkStore
 from mcp_bastion.tls.context import upstream_context
 from mcp_bastion.tls.peercert import peer_identity
 from mcp_bastion.upstream.aggregate import AGGREGATE
 from mcp_bastion.upstream.base import Upstream
 from mcp_bastion.upstream.http import HTTPUpstream
 from mcp_bastion.upstream.stdio import StdioUpstream
-from mcp_bastion.web import Authorization, build_authorization, page_key
+from mcp_bastion.web import Authorization, build_authorization
 
 log = logging.getLogger("mcp_bastion")
 
@@ -400,13 +401,14 @@ def oauth_upstreams(
     kv: KVReader | None = None,
 ) -> dict[str, UpstreamOAuth]:
     """The upstreams with ``auth.mode = "oauth"``, and their link pages added to the web side."""
-    links = LinkRegistry()
+    # Pending links are shared through the database: any replica may serve the link page or the callback.
+    links = SQLLinkStore(authorization.db, authorization.vault) if authorization is not None else None
     linked: dict[str, UpstreamOAuth] = {}
     for name, upstream in settings.upstreams.items():
         auth = upstream.auth
         if auth.mode != "oauth":
             continue
-        if authorization is None or credentials is None or upstream.url is None:
+        if links is None or credentials is None or upstream.url is None:
             raise ConfigError(f"upstreams.{name}.auth: oauth needs an http upstream and oauth.enabled (its pages)")
         secret = auth.client_secret
         linked[name] = UpstreamOAuth(
@@ -425,13 +427,8 @@ def oauth_upstreams(
         )
     if linked:
         assert authorization is not None
-        routes = link_routes(
-            linked,
-            links,
-            authorization.users,
-            issuer=settings.server.base_url,
-            key=page_key(settings.server.state_dir),
-        )
+        assert links is not None
+        routes = link_routes(linked, links, authorization.users, issuer=settings.server.base_url)
         authorization.app.router.routes.extend(routes)
     return linked
 

@@ -19,7 +19,7 @@ from tests.storage.support import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
-HEAD = "0006_pin_kinds"
+HEAD = "0007_upstream_links"
 
 
 def _tables(connection: Connection) -> set[str]:

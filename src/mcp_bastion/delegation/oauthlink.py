@@ -4,11 +4,11 @@ authorization server, and each user links their upstream account once.
 The first call of a user without tokens is refused with MCP's URL elicitation error (-32042) carrying a
 link to the gateway (``/upstream-auth/link/<id>``). There the user signs in *as the gateway user the link
 was made for* (the account-linking defence: a link mailed to someone else is useless to them), the
-browser gets a cookie bound to this link, and is sent to the upstream's authorization endpoint (code +
-PKCE S256, ``state``). The callback only completes in the browser holding that cookie, so an attacker
-cannot make a victim's browser finish the attacker's flow and link the victim's upstream account to the
-attacker. The tokens are sealed by the vault per (upstream, user), refreshed when they expire, and the
-user is sent through consent again when refreshing fails.
+browser gets a random cookie whose digest is stored with the link, and is sent to the upstream's
+authorization endpoint (code + PKCE S256, ``state``). The callback only completes in the browser holding
+that cookie, so an attacker cannot make a victim's browser finish the attacker's flow and link the
+victim's upstream account to the attacker. The tokens are sealed by the vault per (upstream, user),
+refreshed when they expire, and the user is sent through consent again when refreshing fails.
 
 RFC 6749 §4.1 and §6, RFC 7636 (S256), RFC 9728 (the upstream's protected-resource metadata names its
 authorization server, when no ``issuer`` is configured), RFC 8414 / OIDC Discovery (the AS metadata, issuer checked),
@@ -16,6 +16,8 @@ RFC 9207 (``iss`` in the callback checked when present), RFC 8707 (``resource``,
 
 Invariants:
 - a pending link is single-use, expires after ``LINK_SECONDS``, and belongs to one principal and upstream;
+- pending links live in the database (``LinkStore``), so the replica that made a link, the one showing its
+  page and the one receiving the callback may all differ; nothing there needs a per-replica key;
 - tokens never leave the gateway except to the upstream (as Bearer) and the refresh token to the AS;
 - failures of the AS are ``Unavailable`` (5xx, unreachable) or a fresh consent (4xx on refresh).
 """
@@ -29,11 +31,10 @@ import hmac
 import secrets
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, final
+from typing import Final, Protocol, final
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 import aiohttp
@@ -47,7 +48,8 @@ from mcp_bastion.exchange import Principal
 from mcp_bastion.vault.envelope import InvalidCiphertext
 
 LINK_SECONDS: Final = 600.0
-MAX_LINKS: Final = 10_000
+MAX_LINKS_PER_PRINCIPAL: Final = 10
+"""Pending links one user may hold; each refused call makes one, so a retrying client would pile them up."""
 EARLY_SECONDS: Final = 30.0
 MAX_ANSWER_BYTES: Final = 256 * 1024
 CALLBACK_PATH: Final = "/upstream-auth/callback"
@@ -59,13 +61,64 @@ LINK_PATH: Final = "/upstream-auth/link/"
 
 @dataclass(frozen=True, slots=True)
 class PendingLink:
+    """A link made for one principal and upstream, not yet signed in for."""
+
+    id: str
+    upstream: str
+    principal: Principal
+    form_token: str
+    """The sign-in form's CSRF token (the same on every replica: it is stored with the link)."""
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartedLink:
+    """A link whose user signed in: what the authorization request and the callback need."""
+
     id: str
     upstream: str
     principal: Principal
     state: str
     verifier: str
-    created: float
-    started: bool = False
+    browser_digest: bytes
+    """SHA-256 of the cookie given to the browser that signed in (the cookie itself is never stored)."""
+
+
+class LinkStore(Protocol):
+    """Pending links, shared by every replica (``storage.linkstore.SQLLinkStore``).
+
+    ``create`` keeps at most ``MAX_LINKS_PER_PRINCIPAL`` links per principal (the oldest go first), so one
+    user cannot push out another's; links expire ``LINK_SECONDS`` after ``create`` (wall clock);
+    ``take_by_state`` is atomic: of concurrent takes, on any replica, exactly one gets the link.
+    """
+
+    async def create(self, upstream: str, principal: Principal) -> PendingLink: ...
+
+    async def get(self, link_id: str) -> PendingLink | None: ...
+
+    async def mark_started(self, link: PendingLink) -> tuple[StartedLink, str] | None:
+        """The user signed in for ``link``: a fresh ``state`` and PKCE verifier, and the cookie value for
+        their browser; None when the link expired or was taken meanwhile. Signing in again restarts it
+        (the earlier ``state`` stops working)."""
+        ...
+
+    async def take_by_state(self, state: str) -> StartedLink | None:
+        """The started link with this ``state``, removed (single use); None if unknown or expired."""
+        ...
+
+
+def digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def new_secrets() -> tuple[str, str, str]:
+    """A fresh ``state``, PKCE verifier (RFC 7636 §4.1: 43–128 characters) and browser cookie value."""
+    return secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(32)
+
+
+def same_browser(link: StartedLink, cookie: str) -> bool:
+    """Whether ``cookie`` is the one given to the browser that signed in for ``link``."""
+    return hmac.compare_digest(digest(cookie), link.browser_digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,64 +127,6 @@ class ServerEndpoints:
     token: str
     issuer: str
     registration: str | None = None
-
-
-@final
-class LinkRegistry:
-    """Pending links in memory (one process; a replica set needs them shared: see the issue note)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._links: OrderedDict[str, PendingLink] = OrderedDict()
-        self._by_state: dict[str, str] = {}
-        self._clock = clock
-
-    def create(self, upstream: str, principal: Principal) -> PendingLink:
-        self._expire()
-        link = PendingLink(
-            id=secrets.token_urlsafe(24),
-            upstream=upstream,
-            principal=principal,
-            state=secrets.token_urlsafe(24),
-            verifier=secrets.token_urlsafe(48),
-            created=self._clock(),
-        )
-        self._links[link.id] = link
-        self._by_state[link.state] = link.id
-        while len(self._links) > MAX_LINKS:
-            _, old = self._links.popitem(last=False)
-            self._by_state.pop(old.state, None)
-        return link
-
-    def get(self, link_id: str) -> PendingLink | None:
-        self._expire()
-        return self._links.get(link_id)
-
-    def mark_started(self, link: PendingLink) -> PendingLink:
-        """The user signed in for ``link``: from now on only its callback can use it."""
-        started = replace(link, started=True)
-        self._links[link.id] = started
-        return started
-
-    def take_by_state(self, state: str) -> PendingLink | None:
-        """The started link with this ``state``, removed (single use)."""
-        self._expire()
-        link_id = self._by_state.pop(state, None)
-        link = self._links.pop(link_id, None) if link_id is not None else None
-        return link if link is not None and link.started else None
-
-    def _expire(self) -> None:
-        now = self._clock()
-        while self._links:
-            first = next(iter(self._links.values()))
-            if now - first.created < LINK_SECONDS:
-                return
-            self._links.popitem(last=False)
-            self._by_state.pop(first.state, None)
-
-
-def link_cookie_value(key: bytes, link: PendingLink) -> str:
-    """What the browser that signed in for ``link`` carries to the callback (HMAC of the link's state)."""
-    return hmac.new(key, b"upstream-link\x00" + link.state.encode(), hashlib.sha256).hexdigest()
 
 
 @final
@@ -150,7 +145,7 @@ class UpstreamOAuth:
         gateway_base: str,
         store: CredentialStore,
         upstream_url: str | None = None,
-        links: LinkRegistry,
+        links: LinkStore,
         ca_bundle: Path | None = None,
         allow_insecure_http: bool = False,
         clock: Callable[[], float] = time.time,
@@ -185,7 +180,7 @@ class UpstreamOAuth:
     async def headers(self, principal: Principal) -> list[Header]:
         tokens = await self._tokens(principal)
         if tokens is None:
-            raise self._consent(principal, "no tokens yet")
+            raise await self._consent(principal, "no tokens yet")
         access, refresh, expires_at = tokens
         if expires_at - EARLY_SECONDS > self._clock():
             return [(b"authorization", b"Bearer " + access.encode("ascii"))]
@@ -193,7 +188,7 @@ class UpstreamOAuth:
             renewed = await self._refresh(principal, refresh)
             if renewed is not None:
                 return [(b"authorization", b"Bearer " + renewed.encode("ascii"))]
-        raise self._consent(principal, "tokens expired")
+        raise await self._consent(principal, "tokens expired")
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -202,7 +197,7 @@ class UpstreamOAuth:
 
     # -- the link flow (pages) --------------------------------------------------------------------------
 
-    async def authorization_url(self, link: PendingLink) -> str:
+    async def authorization_url(self, link: StartedLink) -> str:
         endpoints = await self._discover()
         challenge = base64.urlsafe_b64encode(hashlib.sha256(link.verifier.encode()).digest()).rstrip(b"=").decode()
         client_id, _ = await self._client()
@@ -221,7 +216,7 @@ class UpstreamOAuth:
         separator = "&" if urlsplit(endpoints.authorization).query else "?"
         return endpoints.authorization + separator + urlencode(query)
 
-    async def complete(self, link: PendingLink, code: str, iss: str | None) -> None:
+    async def complete(self, link: StartedLink, code: str, iss: str | None) -> None:
         """Redeem the code for ``link``'s user and store the tokens; ``Unavailable`` or ``ValueError``."""
         endpoints = await self._discover()
         if iss is not None and iss.rstrip("/") != endpoints.issuer.rstrip("/"):
@@ -241,8 +236,8 @@ class UpstreamOAuth:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _consent(self, principal: Principal, why: str) -> UpstreamAuthorizationRequired:
-        link = self.links.create(self.upstream, principal)
+    async def _consent(self, principal: Principal, why: str) -> UpstreamAuthorizationRequired:
+        link = await self.links.create(self.upstream, principal)
         url = self._gateway_base + LINK_PATH + link.id
         message = f"Sign in to {self.upstream} once to let the gateway call it for you."
         return UpstreamAuthorizationRequired(

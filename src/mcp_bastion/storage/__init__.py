@@ -6,5 +6,6 @@ several replicas), its schema and migrations.
 - ``models``: the tables, one declarative class each;
 - ``migrate`` + ``migrations/``: alembic scripts shipped inside the package, run by ``Database.upgrade()``;
 - ``oauthstore``: ``SQLOAuthStore``, the SQL implementation of ``oauth.store.OAuthStore``; ``records``
-  maps its rows to the store's records.
+  maps its rows to the store's records;
+- ``linkstore``: ``SQLLinkStore``, pending upstream account links (``delegation.oauthlink.LinkStore``).
 """

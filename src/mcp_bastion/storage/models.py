@@ -230,3 +230,30 @@ class ToolPinRow(Base):
     administrator approved it; empty for a definition trusted on first use."""
     findings: Mapped[list[Any] | None] = mapped_column(JSON)
     """What the definition scan found (categories and short reasons, never long text)."""
+
+
+class UpstreamLinkRow(Base):
+    """A pending account link of ``mode = "oauth"`` upstream auth (``storage.linkstore``), shared by replicas.
+
+    No secret is stored in the clear: ``state`` and the browser binding are SHA-256 digests (the callback
+    brings the values), the PKCE verifier is a vault blob sealed for (owner = ``id``, purpose
+    ``upstream-link``). ``state_hash`` is NULL until the user signed in (started); only started links
+    can be taken, by one ``DELETE … RETURNING``.
+    """
+
+    __tablename__ = "upstream_links"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    upstream: Mapped[str] = mapped_column(String(128))
+    principal: Mapped[str] = mapped_column(String, index=True)
+    """``Principal.key``: the per-user cap counts these."""
+    subject: Mapped[str] = mapped_column(String)
+    issuer: Mapped[str] = mapped_column(String)
+    method: Mapped[str] = mapped_column(String(16))
+    form_token: Mapped[str] = mapped_column(String(64))
+    """The sign-in form's CSRF token: shown to whoever holds the link, so no more secret than ``id``."""
+    state_hash: Mapped[bytes | None] = mapped_column(LargeBinary(DIGEST_BYTES), unique=True)
+    browser_hash: Mapped[bytes | None] = mapped_column(LargeBinary(DIGEST_BYTES))
+    verifier: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
