@@ -481,7 +481,12 @@ def build_upstream(
 
 
 def build_sandbox(
-    name: str, profile: SandboxSettings, state_dir: Path, audit: Callable[[JSONObject], None] | None
+    name: str,
+    profile: SandboxSettings,
+    state_dir: Path,
+    audit: Callable[[JSONObject], None] | None,
+    *,
+    where: str | None = None,
 ) -> Sandbox:
     """A stdio upstream's strict sandbox, with its egress proxy when the profile reaches the network."""
     egress = None
@@ -489,7 +494,7 @@ def build_sandbox(
         egress = EgressProxy(
             name, profile.egress, audit, state_dir.absolute(), allowed_networks=profile.egress_allowed_networks
         )
-    return Sandbox(name, profile, state_dir=state_dir, egress=egress)
+    return Sandbox(name, profile, state_dir=state_dir, egress=egress, where=where)
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,20 @@ async def test_a_missing_layer_fails_closed(tmp_path: Path, gap: dict[str, objec
 
 
 @pytest.mark.anyio
+async def test_messages_name_the_upstream_or_the_profile(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as upstream:
+        await Sandbox("files", SandboxSettings(), state_dir=tmp_path).check(report(bwrap=None))
+    assert upstream.value.detail.startswith("upstreams.files: the sandbox cannot start")
+    assert 'set upstreams.files.sandbox = "dangerously_disabled"' in upstream.value.detail
+    # `sandbox run --profile web`: no upstream is involved, and none is named.
+    named = Sandbox("run", SandboxSettings(), state_dir=tmp_path, where="sandbox profile 'web'")
+    with pytest.raises(ConfigError) as profile:
+        await named.check(report(bwrap=None))
+    assert profile.value.detail.startswith("sandbox profile 'web': the sandbox cannot start")
+    assert "upstreams.run" not in profile.value.detail
+
+
+@pytest.mark.anyio
 async def test_an_old_landlock_only_warns(tmp_path: Path) -> None:
     sandbox = Sandbox("local", SandboxSettings(), state_dir=tmp_path)
     assert await sandbox.check(report()) == []

@@ -116,7 +116,8 @@ def run(
                 )
                 chosen = chosen.model_copy(update={"mode": "strict"})
         state = state_dir if state_dir is not None else settings.server.state_dir
-        sandbox = build_sandbox(upstream or "run", chosen, state, None)
+        where = f"upstreams.{upstream}" if upstream is not None else f"sandbox profile {profile or DEFAULT_PROFILE!r}"
+        sandbox = build_sandbox(upstream or "run", chosen, state, None, where=where)
         status = asyncio.run(_run(sandbox, command, child_environment(env), cwd))
     except ConfigError as exc:
         typer.echo(f"sandbox: {exc.detail}", err=True)

@@ -73,8 +73,11 @@ class Sandbox:
         *,
         state_dir: Path,
         egress: EgressSocket | None = None,
+        where: str | None = None,
     ) -> None:
         self.name = name
+        self.where = where if where is not None else f"upstreams.{name}"
+        """What messages name: the upstream's settings, or the profile ``sandbox run`` was given."""
         self.profile = profile
         self.state_dir = state_dir.absolute()
         self.egress = egress
@@ -86,17 +89,18 @@ class Sandbox:
         report = report if report is not None else probe()
         missing = report.missing_for_strict()
         if missing:
+            setting = f"{self.where}.sandbox" if self.where.startswith("upstreams.") else "the upstream's sandbox"
             raise ConfigError(
-                f"upstreams.{self.name}: the sandbox cannot start: {'; '.join(missing)}. Install what is missing "
+                f"{self.where}: the sandbox cannot start: {'; '.join(missing)}. Install what is missing "
                 f"(apt-get install -y bubblewrap), or run `mcp-bastion sandbox check`; only if you accept running "
-                f'the server with the gateway\'s rights, set upstreams.{self.name}.sandbox = "dangerously_disabled"'
+                f'the server with the gateway\'s rights, set {setting} = "dangerously_disabled"'
             )
-        warnings = [f"upstreams.{self.name}: sandbox without {gap}" for gap in report.landlock_gaps(self.profile)]
+        warnings = [f"{self.where}: sandbox without {gap}" for gap in report.landlock_gaps(self.profile)]
         self._landlock = report.landlock_abi >= 1
         self._cgroup = report.pids_cgroup
         if not report.nproc_enforced and not report.pids_cgroup:
             warnings.append(
-                f"upstreams.{self.name}: sandbox without a process limit (running as root, and no writable pids "
+                f"{self.where}: sandbox without a process limit (running as root, and no writable pids "
                 "cgroup): a fork bomb is contained only by the PID namespace"
             )
         data_dir = self.profile.resolved_data_dir(self.state_dir)
@@ -106,7 +110,7 @@ class Sandbox:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.profile.network == "proxy":
             if self.egress is None:
-                raise ConfigError(f'upstreams.{self.name}.sandbox: network = "proxy" but no egress proxy is available')
+                raise ConfigError(f'{self.where}: network = "proxy" but no egress proxy is available')
             await self.egress.start()
         for warning in warnings:
             logger.warning("%s", warning)
