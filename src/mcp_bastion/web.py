@@ -6,7 +6,8 @@ pages, served beside the MCP endpoints by one Starlette router.
 ``BastionApp`` for every path that is not an MCP endpoint.
 
 Secrets at rest go through one ``vault.Vault`` (a KEK file in the state directory for now): the private
-halves of the token-signing keys (``oauth.signingkeys``) and the refresh pairs kept for the grace window.
+halves of the token-signing keys (``oauth.signingkeys``), the refresh pairs kept for the grace window and
+the login pages' signing key (``storage.pagekeys``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, cast
 
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from mcp_bastion import netguard
 from mcp_bastion.asgi.oauth import oauth_routes
@@ -40,11 +41,11 @@ from mcp_bastion.oauth.service import OAuthError, ScopePolicy, allow_all
 from mcp_bastion.oauth.signer import TokenSigner
 from mcp_bastion.oauth.signingkeys import SigningKeyRing
 from mcp_bastion.oauth.store import OAuthStore
-from mcp_bastion.privatefile import read_private, write_atomic
 from mcp_bastion.secrets import KVReader, kv_reader, resolve_reference
 from mcp_bastion.settings import OIDCProviderSettings, Settings
 from mcp_bastion.storage.db import Database, default_url
 from mcp_bastion.storage.oauthstore import SQLOAuthStore
+from mcp_bastion.storage.pagekeys import load_page_key
 from mcp_bastion.vault.envelope import Vault
 from mcp_bastion.vault.keyfile import DEFAULT_FILENAME, LocalKeyFile
 from mcp_bastion.vault.remote import FILENAME as REMOTE_KEYS_FILENAME
@@ -55,7 +56,7 @@ from mcp_bastion.vault.wrapper import KeyWrapper
 log = logging.getLogger("mcp_bastion.web")
 
 PAGE_KEY_FILE = "pages-session.key"
-PAGE_KEY_BYTES = 32
+"""Where the pages' signing key was kept before it moved to the database; imported on the first start."""
 DISCOVERY_RETRY_SECONDS: Final = 30.0
 """First wait before discovering an IdP again after it failed at startup; doubled after each failure..."""
 DISCOVERY_RETRY_MAX_SECONDS: Final = 600.0
@@ -80,6 +81,10 @@ class Authorization:
     """What the resource side asks on every call (cached; see ``oauth.revocationcache``)."""
     federation: dict[str, FederatedLogin] = field(default_factory=dict)
     """External IdPs by name (``oauth.federation``), shared with the pages."""
+    pages: Callable[[bytes], list[Route]] | None = None
+    """The login and consent pages given their signing key, mounted by ``startup`` once the key is read."""
+    page_key_file: Path | None = None
+    """The legacy key file in the state directory (``PAGE_KEY_FILE``), imported if the database has no key."""
     _retries: list[asyncio.Task[None]] = field(default_factory=list)
     _maintain: asyncio.Task[None] | None = None
     _kek_refresh: asyncio.Task[None] | None = None
@@ -95,6 +100,12 @@ class Authorization:
         # when no stored key can be opened with this vault, rather than minting with a key nobody trusts.
         await self.keys.load()
         self._maintain = asyncio.create_task(self.keys.maintain())
+        if self.pages is not None:
+            # From the database, not the state directory: replicas share the one but not always the other,
+            # and a login started on one replica may be posted to another.
+            key = await load_page_key(self.db, self.vault, legacy=self.page_key_file)
+            self.app.router.routes.extend(self.pages(key))
+            self.pages = None  # mounted once, even if startup runs again
         # An IdP that cannot be discovered does not stop the gateway: it logs an error and its button shows
         # "temporarily unavailable" until a retry succeeds. Refusing to start would turn an outage of the
         # company IdP into an outage of every MCP server behind the gateway, for local users, machine
@@ -324,21 +335,36 @@ def build_authorization(
     federation = {
         entry.name: FederatedLogin(oidc_provider(entry, settings.server.base_url, kv=kv)) for entry in oauth.federation
     }
-    routes = [
-        *oauth_routes(server),
-        *page_routes(
+    limiter = _Limiter(LoginRateLimiter())
+
+    def pages(session_key: bytes) -> list[Route]:
+        return page_routes(
             server,
             users,
             issuer=signer.issuer,
             secure_cookies=secure,
-            login_limiter=_Limiter(LoginRateLimiter()),
-            session_key=page_key(settings.server.state_dir),
+            login_limiter=limiter,
+            session_key=session_key,
             federation=federation,
-        ),
-    ]
+        )
+
     revocation.check = server
-    app = Starlette(routes=routes)
-    return Authorization(db, kek, vault, signer, server, users, app, documents, revocation, federation)
+    # The pages are added by ``startup``: their signing key is in the database (``storage.pagekeys``).
+    app = Starlette(routes=oauth_routes(server))
+    return Authorization(
+        db,
+        kek,
+        vault,
+        signer,
+        server,
+        users,
+        app,
+        documents,
+        revocation,
+        federation,
+        pages=pages,
+        page_key_file=settings.server.state_dir / PAGE_KEY_FILE,
+    )
 
 
 def oidc_provider(entry: OIDCProviderSettings, base_url: str, *, kv: KVReader | None = None) -> OIDCProvider:
@@ -365,15 +391,3 @@ def oidc_provider(entry: OIDCProviderSettings, base_url: str, *, kv: KVReader | 
         )
     except ConfigError as exc:
         raise ConfigError(f"{setting}: {exc.detail}") from exc
-
-
-def page_key(state_dir: Path) -> bytes:
-    """The key signing the pages' cookies and forms: kept in the state directory so a restart (or another
-    replica sharing it) keeps logins in progress valid."""
-    path = state_dir / PAGE_KEY_FILE
-    if not path.exists():
-        write_atomic(path, secrets.token_bytes(PAGE_KEY_BYTES), keep_existing=True)
-    key = read_private(path, "page session key", max_bytes=PAGE_KEY_BYTES)
-    if len(key) != PAGE_KEY_BYTES:
-        raise ConfigError(f"page session key {path} must hold {PAGE_KEY_BYTES} bytes")
-    return key

@@ -19,7 +19,7 @@ from tests.storage.support import sqlite_url
 
 pytestmark = pytest.mark.anyio
 
-HEAD = "0007_upstream_links"
+HEAD = "0008_page_keys"
 
 
 def _tables(connection: Connection) -> set[str]:

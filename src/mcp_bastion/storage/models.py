@@ -257,3 +257,18 @@ class UpstreamLinkRow(Base):
     verifier: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Double)
     expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class PageKeyRow(Base):
+    """The key signing the login and consent pages' cookies and forms (``storage.pagekeys``), one row shared
+    by every replica so a login started on one can be posted to another.
+
+    ``key`` is a vault blob sealed for (owner = ``id``, purpose ``page-session-key``): a blob copied from
+    another row does not open.
+    """
+
+    __tablename__ = "page_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Double)
