@@ -7,8 +7,6 @@ connections, so the database decides the winner, not the event loop.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -29,7 +27,6 @@ from mcp_bastion.storage.linkstore import SQLLinkStore
 from mcp_bastion.storage.models import UpstreamLinkRow
 from mcp_bastion.vault.envelope import Vault
 from mcp_bastion.vault.keyfile import LocalKeyFile
-from tests.storage.support import migrated, migrated_postgresql
 
 pytestmark = pytest.mark.anyio
 
@@ -44,17 +41,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        async with migrated(tmp_path / "bastion.db") as database:
-            yield database
-        return
-    server: str = request.getfixturevalue("postgresql")
-    async with migrated_postgresql(server, f"links_{secrets.token_hex(6)}") as database:
-        yield database
 
 
 @pytest.fixture

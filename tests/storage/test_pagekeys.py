@@ -21,22 +21,10 @@ from mcp_bastion.storage.models import PageKeyRow
 from mcp_bastion.storage.pagekeys import KEY_BYTES, PURPOSE, ROW_ID, load_page_key
 from mcp_bastion.vault.envelope import Vault
 from mcp_bastion.vault.keyfile import LocalKeyFile
-from tests.storage.support import migrated, migrated_postgresql
 
 pytestmark = pytest.mark.anyio
 
 RACERS = 8
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        async with migrated(tmp_path / "bastion.db") as database:
-            yield database
-        return
-    server: str = request.getfixturevalue("postgresql")
-    async with migrated_postgresql(server, f"pagekeys_{secrets.token_hex(6)}") as database:
-        yield database
 
 
 @pytest.fixture
