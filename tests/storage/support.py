@@ -16,7 +16,7 @@ from typing import Final
 
 from sqlalchemy.engine import make_url
 
-from mcp_bastion.storage.db import Database
+from mcp_bastion.storage.db import Database, open_database
 
 
 def sqlite_url(path: Path) -> str:
@@ -26,12 +26,8 @@ def sqlite_url(path: Path) -> str:
 @asynccontextmanager
 async def migrated(path: Path) -> AsyncIterator[Database]:
     """A database file at ``path`` at the newest migration, disposed of afterwards."""
-    db = Database(sqlite_url(path))
-    try:
-        await db.upgrade()
+    async with open_database(sqlite_url(path)) as db:
         yield db
-    finally:
-        await db.aclose()
 
 
 def _server_binaries() -> Path | None:
@@ -104,9 +100,5 @@ async def migrated_postgresql(server_url: str, name: str) -> AsyncIterator[Datab
     finally:
         await admin.aclose()
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
-    try:
-        await db.upgrade()
+    async with open_database(url) as db:
         yield db
-    finally:
-        await db.aclose()
