@@ -18,10 +18,10 @@ from mcp_bastion.delegation.oauthlink import (
     MAX_LINKS_PER_PRINCIPAL,
     PendingLink,
     StartedLink,
-    digest,
     same_browser,
 )
 from mcp_bastion.exchange import Principal
+from mcp_bastion.oauth.grants import digest
 from mcp_bastion.storage.db import Database
 from mcp_bastion.storage.linkstore import SQLLinkStore
 from mcp_bastion.storage.models import UpstreamLinkRow
@@ -163,7 +163,7 @@ async def test_the_cap_is_per_principal(replicas: tuple[SQLLinkStore, SQLLinkSto
 
 async def test_unknown_ids_and_states_find_nothing(replicas: tuple[SQLLinkStore, SQLLinkStore]) -> None:
     a, _ = replicas
-    ghost = PendingLink("no-such-link", "crm", ALICE, "token", 0.0)
+    ghost = PendingLink("no-such-link", "crm", ALICE, "token")
     assert await a.get("no-such-link") is None
     assert await a.mark_started(ghost) is None
     assert await a.take_by_state("no-such-state") is None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import secrets
 import ssl
@@ -45,6 +44,7 @@ from mcp_bastion.delegation.static import Header
 from mcp_bastion.delegation.store import CredentialStore
 from mcp_bastion.errors import ConfigError, Unavailable, UpstreamAuthorizationRequired
 from mcp_bastion.exchange import Principal
+from mcp_bastion.oauth import grants, pkce
 from mcp_bastion.vault.envelope import InvalidCiphertext
 
 LINK_SECONDS: Final = 600.0
@@ -68,7 +68,6 @@ class PendingLink:
     principal: Principal
     form_token: str
     """The sign-in form's CSRF token (the same on every replica: it is stored with the link)."""
-    created: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +106,6 @@ class LinkStore(Protocol):
         ...
 
 
-def digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
-
-
 def new_secrets() -> tuple[str, str, str]:
     """A fresh ``state``, PKCE verifier (RFC 7636 §4.1: 43–128 characters) and browser cookie value."""
     return secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(32)
@@ -118,7 +113,7 @@ def new_secrets() -> tuple[str, str, str]:
 
 def same_browser(link: StartedLink, cookie: str) -> bool:
     """Whether ``cookie`` is the one given to the browser that signed in for ``link``."""
-    return hmac.compare_digest(digest(cookie), link.browser_digest)
+    return hmac.compare_digest(grants.digest(cookie), link.browser_digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +194,7 @@ class UpstreamOAuth:
 
     async def authorization_url(self, link: StartedLink) -> str:
         endpoints = await self._discover()
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(link.verifier.encode()).digest()).rstrip(b"=").decode()
+        challenge = pkce.s256(link.verifier)
         client_id, _ = await self._client()
         query = {
             "response_type": "code",
@@ -207,7 +202,7 @@ class UpstreamOAuth:
             "redirect_uri": self.redirect_uri,
             "state": link.state,
             "code_challenge": challenge,
-            "code_challenge_method": "S256",
+            "code_challenge_method": pkce.METHOD,
         }
         if self._scopes:
             query["scope"] = self._scopes

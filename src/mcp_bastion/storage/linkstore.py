@@ -27,10 +27,10 @@ from mcp_bastion.delegation.oauthlink import (
     MAX_LINKS_PER_PRINCIPAL,
     PendingLink,
     StartedLink,
-    digest,
     new_secrets,
 )
 from mcp_bastion.exchange import Principal
+from mcp_bastion.oauth.grants import digest
 from mcp_bastion.storage.db import Database
 from mcp_bastion.storage.models import UpstreamLinkRow
 from mcp_bastion.vault.envelope import InvalidCiphertext, Vault
@@ -61,7 +61,6 @@ class SQLLinkStore:
             upstream=upstream,
             principal=principal,
             form_token=secrets.token_urlsafe(24),
-            created=now,
         )
         row = {
             "id": link.id,
@@ -93,7 +92,7 @@ class SQLLinkStore:
         return link
 
     async def get(self, link_id: str) -> PendingLink | None:
-        query = select(_T.id, _T.upstream, _T.subject, _T.issuer, _T.method, _T.form_token, _T.created_at).where(
+        query = select(_T.id, _T.upstream, _T.subject, _T.issuer, _T.method, _T.form_token).where(
             _T.id == link_id, _T.expires_at > self._clock()
         )
         async with self._db.read() as connection:
@@ -101,7 +100,7 @@ class SQLLinkStore:
         if row is None:
             return None
         principal = _principal(row.subject, row.issuer, row.method)
-        return PendingLink(row.id, row.upstream, principal, row.form_token, row.created_at)
+        return PendingLink(row.id, row.upstream, principal, row.form_token)
 
     async def mark_started(self, link: PendingLink) -> tuple[StartedLink, str] | None:
         state, verifier, cookie = new_secrets()
