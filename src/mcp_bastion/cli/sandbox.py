@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mcp_bastion.cli.users import ConfigOption
 from mcp_bastion.errors import ConfigError
 from mcp_bastion.sandbox.check import probe
 from mcp_bastion.sandbox.profile import DEFAULT_PROFILE, SandboxSettings
@@ -36,7 +37,6 @@ ProfileOption = Annotated[
         help="Word the warnings for this profile: strict (the default) or one under sandbox.profiles in the config.",
     ),
 ]
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]
 
 
 @app.command()
