@@ -26,8 +26,8 @@ from typing import Final, Protocol
 
 import httptools
 
-from mcp_bastion.netguard import Address, SSRFBlocked, parse_host
-from mcp_bastion.sandbox.egressrules import AllowList, EgressLimits, normal_host, split_authority
+from mcp_bastion.netguard import Address, SSRFBlocked
+from mcp_bastion.sandbox.egressrules import AllowList, EgressLimits, normal_host, normalised, split_authority
 
 
 class Refused(Exception):
@@ -203,10 +203,9 @@ def _check_target(allow: AllowList, noted: Noted, text: str, port: int) -> tuple
     """The normalised host, if the allow-list names it at ``port``; no DNS."""
     noted.host, noted.port = text[:255], port
     try:
-        parsed = parse_host(text)
+        host = normalised(text)
     except SSRFBlocked as exc:
         raise Refused(403, exc.reason) from exc
-    host = parsed.removesuffix(".") if isinstance(parsed, str) else parsed
     noted.host = str(host)
     if not allow.allows(host, port):
         raise Refused(403, "host_not_allowed")

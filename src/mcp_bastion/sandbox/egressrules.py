@@ -88,7 +88,12 @@ def normal_host(text: str) -> Address | str | None:
     """The address of a canonical IP literal, or the lower-case name without a trailing dot; None if
     ``netguard.parse_host`` refuses it."""
     try:
-        parsed = parse_host(text)
+        return normalised(text)
     except SSRFBlocked:
         return None
+
+
+def normalised(text: str) -> Address | str:
+    """``normal_host``, raising ``netguard.SSRFBlocked`` (with its reason) for a host it refuses."""
+    parsed = parse_host(text)
     return parsed.removesuffix(".") if isinstance(parsed, str) else parsed
