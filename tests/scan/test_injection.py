@@ -217,7 +217,8 @@ def test_ascii_tokens_are_the_regex_tokens(text: str) -> None:
 
 
 def _reference_max_window(detector: InjectionDetector, toks: list[str]) -> tuple[float, int]:
-    """The window maximum as one expression per window (what ``_max_window`` computes with slices)."""
+    """The window maximum as one expression per window: the reference a faster ``_max_window`` must equal,
+    float for float."""
     n, window, stride, bias = len(toks), detector._window, detector._stride, detector._bias
     if n == 0:
         return bias, 0

@@ -26,7 +26,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from itertools import accumulate, pairwise, repeat
-from operator import add, sub
 from typing import Final
 
 import orjson
@@ -206,24 +205,14 @@ class InjectionDetector:
         # each window costs two subtractions; map/accumulate keep the per-token work in C.
         uni = list(accumulate(map(self._unigrams.get, toks, repeat(0.0)), initial=0.0))
         bi = list(accumulate(map(self._bigrams.get, pairwise(toks), repeat(0.0)), initial=0.0))
-        window, stride = self._window, self._stride
+        window = self._window
         if n <= window:
             return self._bias + uni[n] + bi[n - 1], 0
-        # The window at i scores ``uni[i + window] - uni[i] + bi[i + window - 1] - bi[i]`` (the same
-        # operations in the same order as one expression per window, so the same float): for the windows
-        # at 0, stride, 2 * stride, ... each term is a slice and the arithmetic runs in map() in C.
-        last = n - window
-        sums = list(
-            map(
-                sub,
-                map(add, map(sub, uni[window::stride], uni[: last + 1 : stride]), bi[window - 1 :: stride]),
-                bi[: last + 1 : stride],
-            )
-        )
-        if last % stride:  # the last window ends at the last token, off the stride (``window_starts``)
-            sums.append(uni[n] - uni[last] + bi[n - 1] - bi[last])
+        starts = window_starts(n, window, self._stride)
+        # One comprehension and one max() in C instead of a Python loop with a comparison per window.
+        sums = [uni[i + window] - uni[i] + bi[i + window - 1] - bi[i] for i in starts]
         best = max(sums)
-        return self._bias + best, min(sums.index(best) * stride, last)
+        return self._bias + best, starts[sums.index(best)]
 
     def _window_span(self, folded: str, first_token: int) -> tuple[int, int]:
         spans = [m.span() for m in (_ASCII_TOKEN if folded.isascii() else _TOKEN).finditer(folded)]
