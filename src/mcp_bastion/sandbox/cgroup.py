@@ -101,8 +101,6 @@ class PidsGroup:
         path.mkdir(mode=0o700)
         (path / "pids.max").write_text(str(limit))
         self.path = path
-        self.procs_fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-        """``cgroup.procs``, for the child to inherit (``pass_fds``) and join through; -1 once released."""
 
     @classmethod
     def create(cls, name: str, limit: int) -> PidsGroup | None:
@@ -114,14 +112,11 @@ class PidsGroup:
         _sweep_once(base)
         return cls(base / f"{name}-{os.getpid()}-{next(_counter)}", limit)
 
-    def release_fd(self) -> None:
-        """Close the parent's copy once the child is spawned (once: the number may be reused after)."""
-        fd, self.procs_fd = self.procs_fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def open_procs(self) -> int:
+        """``cgroup.procs`` opened for writing, for the child to inherit (``pass_fds``) and join through;
+        the caller closes it once the child is spawned."""
+        return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
 
     def remove(self) -> None:
-        self.release_fd()
         with contextlib.suppress(OSError):
             self.path.rmdir()

@@ -50,12 +50,8 @@ class Launch:
         """Close the parent's copies (once: a number closed twice may meanwhile belong to a socket)."""
         fds, self.pass_fds = self.pass_fds, ()
         for fd in fds:
-            if self.group is not None and fd == self.group.procs_fd:
-                continue  # the group's own, released below
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if self.group is not None:
-            self.group.release_fd()
 
     def cleanup(self) -> None:
         self.close_fds()
@@ -147,13 +143,13 @@ class Sandbox:
             fds["seccomp"] = seccomp.memfd("seccomp", seccomp.bpf_program(self.profile.families))
             for key, data in plan.data.items():
                 fds[key] = seccomp.memfd(key, data)
+            if group is not None:
+                fds["cgroup"] = group.open_procs()
         except BaseException:
             for fd in fds.values():
                 os.close(fd)
             if group is not None:
                 group.remove()
             raise
-        if group is not None:
-            fds["cgroup"] = group.procs_fd
         argv = bwrap.with_fds(plan.argv, fds)
         return Launch(argv, plan.env, tuple(fds.values()), group)
